@@ -1,0 +1,26 @@
+# The two set-up-and-go commands: `make demo` (the main job on the demo corpus) and `make test`.
+PY ?= .venv/bin/python
+VENV_STAMP := .venv/.installed
+export DS_ACCELERATOR ?= cpu
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test demo clean-demo
+
+$(VENV_STAMP): setup.py constraints.txt
+	python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q -c constraints.txt torch==2.13.0
+	.venv/bin/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(VENV_STAMP)
+
+setup: $(VENV_STAMP)
+
+test: setup
+	TRITON_INTERPRET=1 OMP_NUM_THREADS=2 $(PY) -m pytest -q
+
+demo: setup
+	bash launch/demo.sh
+
+clean-demo:
+	rm -rf runs/demo

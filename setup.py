@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="swcm",
+    version="0.1.0",
+    description="XLM-SWCM shared-weight encoder-decoder pretraining for extremely low-resource languages",
+    packages=find_packages(include=["swcm", "swcm.*", "kernels", "kernels.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0,<6",
+        "deepspeed>=0.16",
+        "webdataset>=0.2.86",
+        "sentencepiece>=0.2",
+        "safetensors>=0.4",
+        "tensorboard>=2.14",
+        "numpy>=1.24",
+        "tqdm>=4.60",
+        "sacrebleu>=2.3",
+        "accelerate>=1.1",
+    ],
+    extras_require={
+        "triton": ["triton>=3.0"],
+        "dev": ["pytest>=8", "pytest-timeout>=2", "triton>=3.0"],
+    },
+)

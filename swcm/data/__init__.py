@@ -1,0 +1,1 @@
+"""Data for swcm pretraining: raw text -> webdataset shards -> streamed, mixed, noised batches."""

@@ -1,0 +1,34 @@
+"""Shared fixtures: a real sentencepiece tokenizer trained on data/demo and tiny random XLM-R checkpoints.
+
+TRITON_INTERPRET must be set before triton is first imported anywhere (transformers may import it), so it
+is set here, at collection time, for the whole suite: kernels run on CPU tensors under the interpreter.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer_dir(tmp_path_factory):
+    """A 2,000-piece XLM-R tokenizer trained on the demo corpus (all five languages)."""
+    from swcm.assets import build_demo_tokenizer
+
+    out = tmp_path_factory.mktemp("assets") / "tokenizer"
+    build_demo_tokenizer(out, vocab_size=2000)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr_dir(tmp_path_factory, demo_tokenizer_dir):
+    """A tiny random XLM-R (`XLMRobertaForMaskedLM` layout, 4 layers, hidden 64) with the demo tokenizer."""
+    from swcm.assets import build_tiny_xlmr
+
+    out = tmp_path_factory.mktemp("assets") / "tiny-xlmr"
+    build_tiny_xlmr(out, demo_tokenizer_dir)
+    return out
