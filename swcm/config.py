@@ -37,6 +37,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     label_smoothing: float = 0.0
+    micro_batch_size: int = 0           # samples per rank per micro-step; 0 = the DeepSpeed JSON's value
+    global_batch_size: int = 0          # samples per optimizer step over all ranks; 0 = the DeepSpeed JSON's
     seed: int = 1234
     log_every: int = 10
     save_every: int = 200

@@ -1,0 +1,115 @@
+"""Crash-safe DeepSpeed checkpoints with the loader state and RNG state of every rank.
+
+Layout of `RUN_DIR/checkpoints/step_00000100/`: DeepSpeed's own files (`save_checkpoint`), one
+`swcm_rank{r}.json` per rank (loader state, RNG states), and `COMPLETE`, written by rank 0 last, after every
+rank has finished. A directory without `COMPLETE` is a save that was interrupted: resume ignores it, and the
+next save of that step replaces it. DeepSpeed's own `latest` file is not used (it is written before the
+save is known to be complete on every rank).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+MARKER = "COMPLETE"
+_TAG = re.compile(r"^step_(\d{8})$")
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers see either the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, dir) of every complete checkpoint under `root`, oldest first."""
+    found = []
+    if root.is_dir():
+        for d in root.iterdir():
+            m = _TAG.match(d.name)
+            if m and (d / MARKER).is_file():
+                found.append((int(m.group(1)), d))
+    return sorted(found)
+
+
+def _rng_state() -> dict:
+    state = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    if torch.cuda.is_available():
+        state["cuda"] = base64.b64encode(torch.cuda.get_rng_state().numpy().tobytes()).decode()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    def decode(s):
+        return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+
+    torch.set_rng_state(decode(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(decode(state["cuda"]))
+
+
+def save(engine, root: Path, step: int, *, loader_state: dict, run_state: dict, keep_last: int) -> Path:
+    """Save a complete checkpoint of `step` on every rank (collective); keep the newest `keep_last`."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    tag = tag_for(step)
+    ckpt = root / tag
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        if ckpt.exists():  # an interrupted earlier save of this very step
+            shutil.rmtree(ckpt)
+    dist.barrier()
+    engine.save_checkpoint(str(root), tag=tag, client_state={"swcm": run_state}, save_latest=False)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    per_rank = {"rank": rank, "world_size": world, "step": step, "loader": loader_state, "rng": _rng_state()}
+    write_atomic(ckpt / f"swcm_rank{rank}.json", json.dumps(per_rank))
+    dist.barrier()
+    if rank == 0:
+        write_atomic(ckpt / MARKER, json.dumps({"step": step, "world_size": world}) + "\n")
+        for _, old in complete_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+        log.info("saved checkpoint %s", ckpt)
+    dist.barrier()
+    return ckpt
+
+
+def load_latest(engine, root: Path) -> tuple[int, dict, dict] | None:
+    """Load the newest complete checkpoint under `root` into `engine` and restore this rank's RNG state.
+
+    Returns (step, run_state, loader_state), or None when there is no complete checkpoint.
+    """
+    found = complete_checkpoints(root)
+    if not found:
+        return None
+    step, ckpt = found[-1]
+    rank, world = dist.get_rank(), dist.get_world_size()
+    marker = json.loads((ckpt / MARKER).read_text())
+    if marker["world_size"] != world:
+        raise RuntimeError(f"{ckpt}: saved with world size {marker['world_size']}, resumed with {world}; the loader "
+                           "position is per rank, so resume with the same number of ranks")
+    _, client = engine.load_checkpoint(str(root), tag=ckpt.name, load_optimizer_states=True,
+                                       load_lr_scheduler_states=True)
+    if client is None:
+        raise RuntimeError(f"{ckpt}: DeepSpeed could not load this checkpoint")
+    per_rank = json.loads((ckpt / f"swcm_rank{rank}.json").read_text())
+    _set_rng_state(per_rank["rng"])
+    log.info("resumed from %s (step %d)", ckpt, step)
+    return step, client["swcm"], per_rank["loader"]
