@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""Checkpoint conversions for swcm, one subcommand each:
+
+    python launch/convert_checkpoint.py from-encoder --encoder DIR --out DIR [--normal-layer-every 3]
+        [--decoder-init encoder|random|duplicate] [--untie-lm-head] [--lang-codes bo,kk,mn,ug,zh]
+        [--overwrite] [--seed 0] [--dtype float32|bfloat16]
+
+Each subcommand parses its flags and calls one function in swcm/convert/. Bad input ends with a one-line
+`error: ...` on stderr and a non-zero exit status, and nothing is written.
+"""
+
+import argparse
+import logging
+import sys
+
+
+def add_from_encoder(subparsers) -> None:
+    p = subparsers.add_parser(
+        "from-encoder", help="XLM-R / CINO encoder dir -> initialised XLM-SWCM dir",
+        description="Build an XLM-SWCM Hugging Face directory from an XLM-R / CINO encoder directory: the "
+                    "encoder's weights, a decoder initialised from them, language tags added to the tokenizer.")
+    p.add_argument("--encoder", required=True, help="HF XLM-R / CINO directory (config.json, weights, tokenizer)")
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--normal-layer-every", type=int, default=3, metavar="X",
+                   help="insert a randomly initialised normal decoder layer after every X custom layers "
+                        "(0: none, the paper's BASE-A; default 3, the released model)")
+    p.add_argument("--decoder-init", choices=("encoder", "random", "duplicate"), default="encoder",
+                   help="encoder: XLM-SWCM; random: no weight sharing (-WS / Cino-Transformer); "
+                        "duplicate: normal layers copy the custom layer before them (BASE-B)")
+    p.add_argument("--untie-lm-head", action="store_true",
+                   help="separate, randomly initialised LM head instead of the tied word embedding")
+    p.add_argument("--lang-codes", default="bo,kk,mn,ug,zh", help="language tags to add, comma-separated")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--seed", type=int, default=0, help="seed for the randomly initialised parts")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="dtype of the saved weights")
+    p.set_defaults(run=run_from_encoder)
+
+
+def run_from_encoder(args) -> None:
+    from swcm.convert.from_encoder import convert_from_encoder
+
+    codes = tuple(c.strip() for c in args.lang_codes.split(",") if c.strip())
+    convert_from_encoder(args.encoder, args.out, normal_layer_every=args.normal_layer_every,
+                         decoder_init=args.decoder_init, tie_word_embeddings=not args.untie_lm_head,
+                         lang_codes=codes, overwrite=args.overwrite, seed=args.seed, dtype=args.dtype)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_from_encoder(subparsers)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from swcm.convert import ConversionError
+
+    try:
+        args.run(args)
+    except ConversionError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
