@@ -192,6 +192,9 @@ class Pretrainer:
             self.out.mkdir(parents=True, exist_ok=True)
             checkpointing.write_atomic(self.out / "config.json", json.dumps(
                 {"run": cfg.to_dict(), "deepspeed": self.ds_config, "world_size": self.world}, indent=2))
+            # The run's own copy of the model config and tokenizer: `to-hf` needs nothing outside RUN_DIR.
+            self.model_config.save_pretrained(str(self.out / "model"))
+            self.tokenizer.save_pretrained(str(self.out / "model"))
             kept = []
             if metrics_path.exists():  # drop what a crashed run logged after its last checkpoint
                 kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= step]

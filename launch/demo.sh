@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The embedded default, end to end on this machine (2 CPU ranks):
+#   demo corpus -> tokenizer + stand-in XLM-R encoder -> SWCM init (from-encoder) -> webdataset shards ->
+#   DeepSpeed pretraining (ZeRO-2, 2 ranks) -> checkpoint -> HF export -> a generation.
+# Everything lands in runs/demo/; re-running reuses finished stages (delete runs/demo to start over).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+DS=${DS:-.venv/bin/deepspeed}
+OUT=runs/demo
+D=data/demo
+NTREX=$D/parallel/ntrex128/ntrex128
+export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+mkdir -p $OUT
+start=$(date +%s)
+
+if [ ! -d $OUT/encoder ]; then
+  echo "== 1/6 stand-in encoder: sentencepiece tokenizer on the demo corpus + a small random XLM-R"
+  $PY launch/make_demo_encoder.py --out $OUT/encoder
+fi
+if [ ! -d $OUT/swcm-init ]; then
+  echo "== 2/6 from-encoder: XLM-SWCM decoder built from the encoder's weights (X=3)"
+  $PY launch/convert_checkpoint.py from-encoder --encoder $OUT/encoder --out $OUT/swcm-init --normal-layer-every 3
+fi
+if [ ! -f $OUT/shards/train/index.json ]; then
+  echo "== 3/6 shards: mono bo/kk/ug/zh/mn + NTREX zh<->x parallel"
+  $PY launch/prepare_data.py --tokenizer $OUT/swcm-init --out $OUT/shards/train --max-len 128 \
+    --mono bo=$D/mono/bo.txt,$D/mono/bo_speech.txt --mono kk=$D/mono/kk.txt \
+    --mono ug=$D/mono/ug.txt,$D/mono/ug_proverbs.txt --mono zh=$D/mono/zh.txt --mono mn=$NTREX.train.mn \
+    --parallel zh-bo=$NTREX.train.zh,$NTREX.train.bo --parallel zh-kk=$NTREX.train.zh,$NTREX.train.kk \
+    --parallel zh-mn=$NTREX.train.zh,$NTREX.train.mn --parallel zh-ug=$NTREX.train.zh,$NTREX.train.ug
+  $PY launch/prepare_data.py --tokenizer $OUT/swcm-init --out $OUT/shards/dev --max-len 128 \
+    --mono bo=$NTREX.dev.bo --mono kk=$NTREX.dev.kk --mono ug=$NTREX.dev.ug --mono zh=$NTREX.dev.zh \
+    --mono mn=$NTREX.dev.mn \
+    --parallel zh-bo=$NTREX.dev.zh,$NTREX.dev.bo --parallel zh-kk=$NTREX.dev.zh,$NTREX.dev.kk \
+    --parallel zh-mn=$NTREX.dev.zh,$NTREX.dev.mn --parallel zh-ug=$NTREX.dev.zh,$NTREX.dev.ug
+fi
+echo "== 4/6 pretraining: deepspeed, 2 CPU ranks, ZeRO-2 (resumes if a checkpoint exists)"
+$DS --num_gpus 2 launch/pretrain.py --config configs/demo.json --deepspeed_config ds_configs/zero2.json \
+  --out $OUT/run --resume
+echo "== 5/6 export: newest checkpoint -> HF directory (safetensors, remote code), verified by reloading"
+$PY launch/convert_checkpoint.py to-hf --run $OUT/run --out $OUT/hf --overwrite
+echo "== 6/6 generation: zh -> bo with beam search from the exported directory"
+$PY launch/generate.py --model $OUT/hf --src-lang zh --tgt-lang bo --num-beams 4 \
+  --text "$(head -n 1 $NTREX.dev.zh)"
+echo "demo finished in $(( $(date +%s) - start )) s; TensorBoard: .venv/bin/tensorboard --logdir $OUT/run/tensorboard"

@@ -1,0 +1,181 @@
+"""DeepSpeed run -> Hugging Face directory (`launch/convert_checkpoint.py to-hf`).
+
+The newest complete checkpoint of a run (any ZeRO stage) is consolidated with DeepSpeed's own utilities,
+loaded strictly into the model described by the run's saved config, written as safetensors with the tokenizer,
+the modeling file and a model card, and then verified: a fresh Python process that cannot import swcm loads the
+directory with `trust_remote_code=True` and must reproduce this process's logits on a probe batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from swcm.convert import ConversionError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Max |logit difference| the reloaded copy may show: same code and weights, so only kernel scheduling differs.
+VERIFY_TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 5e-2}
+
+
+def _checkpoint(run_dir: Path, step: int | None) -> tuple[int, Path]:
+    from swcm.training.checkpointing import complete_checkpoints
+
+    found = dict(complete_checkpoints(run_dir / "checkpoints"))
+    if not found:
+        raise ConversionError(f"{run_dir}: no complete checkpoint under checkpoints/ (is this a pretrain.py --out?)")
+    if step is None:
+        step = max(found)
+    if step not in found:
+        raise ConversionError(f"{run_dir}: no complete checkpoint of step {step} (have {sorted(found)})")
+    return step, found[step]
+
+
+def _run_info(run_dir: Path) -> dict:
+    path = run_dir / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConversionError(f"{path}: cannot read the run's config ({e})") from None
+
+
+def consolidated_state_dict(run_dir: str | Path, step: int | None = None) -> dict[str, torch.Tensor]:
+    """The full fp32 model state dict of a run's checkpoint (newest complete one unless `step` is given)."""
+    run_dir = Path(run_dir)
+    step, ckpt = _checkpoint(run_dir, step)
+    stage = _run_info(run_dir)["deepspeed"].get("zero_optimization", {}).get("stage", 0)
+    if stage == 0:
+        # ZeRO-0 checkpoints already hold the whole model; zero_to_fp32 does not handle them. The file is
+        # DeepSpeed's own, written by this run: loaded tensors-only all the same.
+        path = ckpt / "mp_rank_00_model_states.pt"
+        state = torch.load(path, map_location="cpu", weights_only=True)["module"]
+        return {k: v.float() for k, v in state.items()}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return dict(get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name))
+
+
+def _model_card(run_dir: Path, step: int, info: dict, config, n_params: int, dtype: str) -> str:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    last = [r for r in rows if r["step"] <= step][-1:] or [{}]
+    ds = info["deepspeed"]
+    return f"""# XLM-SWCM (pretrained with swcm)
+
+- decoder: {config.decoder_layers} layers `{config.layer_pattern}` (C = custom, initialised from the encoder;
+  N = normal), LM head {"tied to" if config.tie_word_embeddings else "separate from"} the word embedding
+- parameters: {n_params:,}; weights stored as {dtype}
+- language tags: {", ".join(f"<{c}>={i}" for c, i in config.lang_token_ids.items())}
+- pretraining: {step} optimizer steps (DAE + MT), final training loss {last[0].get("loss", float("nan")):.4f},
+  {info["world_size"]} ranks, ZeRO stage {ds.get("zero_optimization", {}).get("stage", 0)},
+  {"bf16" if ds.get("bf16", {}).get("enabled") else "fp32"}; run config in `training_config.json`
+
+Encoder input `<s> <src_lang> x </s>`; generation starts from `<s>` and is forced to `<tgt_lang>` next
+(`forced_bos_token_id`), as in training. Load with
+`AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=True)`.
+"""
+
+
+_VERIFY = r"""
+import json, sys, torch
+from safetensors.torch import save_file
+try:
+    import swcm  # noqa: F401
+    sys.exit("swcm is importable in the verification process")
+except ImportError:
+    pass
+from transformers import AutoModelForSeq2SeqLM
+model = AutoModelForSeq2SeqLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+probe = {k: torch.tensor(v) for k, v in json.load(open(sys.argv[2])).items()}
+with torch.no_grad():
+    logits = model(**probe).logits.float()
+save_file({"logits": logits.contiguous()}, sys.argv[3])
+"""
+
+
+def _verify(out_dir: Path, model, tokenizer, dtype: str) -> float:
+    """Reload `out_dir` in a fresh process without swcm and return the max |logit difference| to `model`."""
+    from safetensors.torch import load_file
+
+    from swcm.seq2seq_inputs import build_seq2seq_inputs
+
+    codes = list(model.config.lang_token_ids)
+    src, tgt = codes[0], codes[-1]
+    probe = build_seq2seq_inputs(tokenizer, ["probe one", "a second, longer probe sentence"],
+                                 ["target", "another target text"], src, tgt)
+    probe.pop("labels")
+    with torch.no_grad():
+        expected = model(**probe).logits.float()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "probe.json").write_text(json.dumps({k: v.tolist() for k, v in probe.items()}))
+        env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        res = subprocess.run([sys.executable, "-c", _VERIFY, str(out_dir.resolve()), "probe.json", "logits.st"],
+                             cwd=tmp, env=env, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise ConversionError(f"the exported directory does not load on its own: {res.stderr.strip()[-500:]}")
+        got = load_file(str(Path(tmp) / "logits.st"))["logits"]
+    diff = (got - expected).abs().max().item()
+    if diff > VERIFY_TOLERANCE[dtype]:
+        raise ConversionError(f"the exported directory's logits differ from the checkpoint's by {diff:.3g} "
+                              f"(> {VERIFY_TOLERANCE[dtype]})")
+    return diff
+
+
+def export_to_hf(run_dir: str | Path, out_dir: str | Path, *, step: int | None = None, dtype: str = "float32",
+                 overwrite: bool = False, verify: bool = True) -> Path:
+    """Write the HF directory of a run's checkpoint to `out_dir` (atomically) and verify it; return out_dir."""
+    from transformers import AutoTokenizer
+
+    from swcm.modeling_swcm import SWCMConfig, SWCMForConditionalGeneration
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if dtype not in DTYPES:
+        raise ConversionError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if not run_dir.is_dir():
+        raise ConversionError(f"run directory {run_dir} not found")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise ConversionError(f"--out {out_dir} exists and is not empty (pass --overwrite to replace it)")
+    step, ckpt = _checkpoint(run_dir, step)
+    info = _run_info(run_dir)
+    model_dir = run_dir / "model"
+    if not (model_dir / "config.json").is_file():
+        raise ConversionError(f"{model_dir}: the run's model config is missing")
+    config = SWCMConfig.from_pretrained(str(model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    log.info("consolidating %s", ckpt)
+    state = consolidated_state_dict(run_dir, step)
+    model = SWCMForConditionalGeneration(config)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ConversionError(f"{ckpt}: checkpoint does not fit the run's model config: missing "
+                              f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
+    model.tie_weights()
+    model = model.to(DTYPES[dtype]).eval()
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        n_params = sum(p.numel() for p in model.parameters())
+        (staging / "README.md").write_text(_model_card(run_dir, step, info, config, n_params, dtype))
+        (staging / "training_config.json").write_text(json.dumps(info, indent=2))
+        if verify:
+            diff = _verify(staging, model, tokenizer, dtype)
+            log.info("verified: a fresh process reproduces the logits (max |diff| %.2e)", diff)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    log.info("wrote %s (step %d, %s parameters, %s)", out_dir, step, f"{n_params:,}", dtype)
+    return out_dir

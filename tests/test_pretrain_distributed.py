@@ -1,0 +1,294 @@
+"""`deepspeed launch/pretrain.py` on 2 CPU ranks: ZeRO stages agree, exact resume after SIGKILL / SIGTERM,
+interrupted saves are ignored, 2 simulated nodes = 1 node x 2 ranks, TensorBoard holds every scalar.
+
+Launches are the expensive part (~10 s each), so a few reference runs are shared by several tests.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+pytestmark = pytest.mark.distributed
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+DS = str(Path(sys.executable).with_name("deepspeed"))
+STEPS = 24
+SAVE_EVERY = 4
+DEMO = ROOT / "data" / "demo"
+NTREX = DEMO / "parallel" / "ntrex128" / "ntrex128"
+
+
+def _env():
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env.pop("TRITON_INTERPRET", None)  # the CPU training path needs no Triton
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _slice(src: Path, dst: Path, n: int) -> Path:
+    lines = src.read_text(encoding="utf-8").splitlines()[:n]
+    dst.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return dst
+
+
+def _run(cmd, **kw):
+    res = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=_env(), capture_output=True, text=True, **kw)
+    assert res.returncode == 0, f"{cmd}\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+    return res
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory, tiny_xlmr_dir):
+    """An SWCM init converted from the tiny XLM-R, train/dev shards of real demo text, a run config."""
+    root = tmp_path_factory.mktemp("pretrain")
+    _run([PY, "launch/convert_checkpoint.py", "from-encoder", "--encoder", tiny_xlmr_dir, "--out", root / "swcm",
+          "--normal-layer-every", "3"])
+    text = root / "text"
+    text.mkdir()
+    mono = {lang: _slice(DEMO / "mono" / f"{lang}.txt", text / f"{lang}.txt", 120) for lang in ("bo", "kk", "ug", "zh")}
+    mono["mn"] = _slice(Path(f"{NTREX}.train.mn"), text / "mn.txt", 120)
+    par = {lang: _slice(Path(f"{NTREX}.train.{lang}"), text / f"par.{lang}", 60) for lang in ("bo", "kk", "mn", "ug", "zh")}
+    dev = {lang: _slice(Path(f"{NTREX}.dev.{lang}"), text / f"dev.{lang}", 16) for lang in ("bo", "kk", "mn", "ug", "zh")}
+
+    def prepare(out, mono_files, par_files):
+        cmd = [PY, "launch/prepare_data.py", "--tokenizer", root / "swcm", "--out", out, "--max-len", "64",
+               "--samples-per-shard", "40"]
+        for lang, f in mono_files.items():
+            cmd += ["--mono", f"{lang}={f}"]
+        for lang in ("bo", "kk", "mn", "ug"):
+            cmd += ["--parallel", f"zh-{lang}={par_files['zh']},{par_files[lang]}"]
+        _run(cmd)
+
+    prepare(root / "shards" / "train", mono, par)
+    prepare(root / "shards" / "dev", dev, dev)
+    config = {
+        "model": {"path": str(root / "swcm"), "attn_implementation": "sdpa", "fused_lm_head_ce": True},
+        "data": {"shards": str(root / "shards" / "train"), "dev_shards": str(root / "shards" / "dev"),
+                 "alpha": 0.3, "mt_ratio": 0.3, "max_tokens": 1024, "shuffle_buffer": 64, "seed": 7},
+        "train": {"max_steps": STEPS, "lr": 1e-3, "warmup_ratio": 0.1, "log_every": 4, "save_every": SAVE_EVERY,
+                  "keep_last": 3, "dev_every": 8, "dev_batches": 2, "micro_batch_size": 4, "seed": 11},
+    }
+    (root / "run.json").write_text(json.dumps(config))
+    return root
+
+
+def _launch(assets, out, stage="zero0", *, resume=False, extra=(), node_rank=None, port=None):
+    cmd = [DS]
+    if node_rank is None:
+        cmd += ["--num_gpus", "2", "--master_port", str(port or _free_port())]
+    else:
+        cmd += ["--hostfile", ROOT / "launch" / "hostfile.example", "--no_ssh", "--node_rank", str(node_rank),
+                "--master_addr", "127.0.0.1", "--master_port", str(port)]
+    cmd += ["launch/pretrain.py", "--config", assets / "run.json", "--deepspeed_config",
+            ROOT / "ds_configs" / f"{stage}.json", "--out", out, *extra]
+    if resume:
+        cmd.append("--resume")
+    log = open(f"{out}.{'resume' if resume else 'first'}.{node_rank}.log", "w")
+    return subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _wait(proc, timeout=400) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+
+
+def _log(out, resume=False, node_rank=None) -> str:
+    return Path(f"{out}.{'resume' if resume else 'first'}.{node_rank}.log").read_text()[-6000:]
+
+
+def losses(out) -> dict[int, float]:
+    """step -> loss from a run's metrics.jsonl (the last line for a step wins)."""
+    rows = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+def _complete_steps(out) -> list[int]:
+    root = Path(out) / "checkpoints"
+    return sorted(int(d.name.split("_")[1]) for d in root.iterdir() if (d / "COMPLETE").is_file())
+
+
+@pytest.fixture(scope="session")
+def reference_runs(assets):
+    """Uninterrupted runs of STEPS steps under each ZeRO stage (run one after another: 2 cores)."""
+    outs = {}
+    for stage in ("zero0", "zero1", "zero2", "zero3"):
+        out = assets / f"ref_{stage}"
+        proc = _launch(assets, out, stage)
+        assert _wait(proc) == 0, _log(out)
+        outs[stage] = out
+    return outs
+
+
+def _rank_processes(launcher: subprocess.Popen) -> dict[int, psutil.Process]:
+    found = {}
+    for p in psutil.Process(launcher.pid).children(recursive=True):
+        try:
+            cmd = p.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if any(c.endswith("pretrain.py") for c in cmd):
+            for c in cmd:
+                if c.startswith("--local_rank="):
+                    found[int(c.split("=")[1])] = p
+    return found
+
+
+def _wait_for_step(out, step, proc, timeout=300):
+    deadline = time.time() + timeout
+    path = Path(out) / "metrics.jsonl"
+    while time.time() < deadline:
+        if path.exists() and any(k >= step for k in losses(out)):
+            return
+        assert proc.poll() is None, f"run ended before step {step}: {_log(out)}"
+        time.sleep(0.02)
+    raise TimeoutError(f"step {step} not reached")
+
+
+def test_zero_stages_give_the_same_losses_and_weights(reference_runs):
+    from swcm.convert.to_hf import consolidated_state_dict
+
+    ref = losses(reference_runs["zero0"])
+    assert sorted(ref) == list(range(1, STEPS + 1))
+    assert ref[STEPS] < ref[1], "the demo model should learn in 24 steps"
+    weights0 = consolidated_state_dict(reference_runs["zero0"])
+    for stage in ("zero1", "zero2", "zero3"):
+        other = losses(reference_runs[stage])
+        for step in ref:
+            assert other[step] == pytest.approx(ref[step], rel=1e-4), (stage, step)
+        weights = consolidated_state_dict(reference_runs[stage])
+        assert weights.keys() == weights0.keys()
+        worst = max((weights[k].float() - weights0[k].float()).abs().max().item() for k in weights0)
+        assert worst < 1e-4, (stage, worst)  # fp32 Adam after 24 steps: reduction order only
+
+
+def test_resume_after_sigkill_on_one_rank_is_exact(assets, reference_runs):
+    out = assets / "killed"
+    proc = _launch(assets, out, "zero2")
+    _wait_for_step(out, 6, proc)
+    _rank_processes(proc)[1].send_signal(signal.SIGKILL)
+    assert _wait(proc) != 0
+    done = _complete_steps(out)
+    assert done and max(done) < STEPS, done  # it really died mid-run, after at least one checkpoint
+    proc = _launch(assets, out, "zero2", resume=True)
+    assert _wait(proc) == 0, _log(out, resume=True)
+    assert f"resumed from {out / 'checkpoints' / f'step_{max(done):08d}'}" in _log(out, resume=True)
+    ref, got = losses(reference_runs["zero2"]), losses(out)
+    for step in range(max(done) + 1, STEPS + 1):
+        assert got[step] == pytest.approx(ref[step], abs=1e-6), step
+
+
+def test_sigterm_saves_and_exits_zero_and_interrupted_save_is_ignored(assets, reference_runs):
+    out = assets / "terminated"
+    proc = _launch(assets, out, "zero1")
+    _wait_for_step(out, 5, proc)
+    for p in _rank_processes(proc).values():
+        p.send_signal(signal.SIGTERM)  # as SLURM does on preemption: every task gets it
+    assert _wait(proc) == 0, _log(out)
+    stopped = max(losses(out))
+    assert stopped < STEPS and _complete_steps(out)[-1] == stopped
+
+    # A later save that died midway: files present, one truncated, no COMPLETE marker.
+    ckpts = out / "checkpoints"
+    broken = ckpts / f"step_{stopped + 1:08d}"
+    shutil.copytree(ckpts / f"step_{stopped:08d}", broken)
+    (broken / "COMPLETE").unlink()
+    victim = max(broken.rglob("*.pt"), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
+
+    proc = _launch(assets, out, "zero1", resume=True)
+    assert _wait(proc) == 0, _log(out, resume=True)
+    ref, got = losses(reference_runs["zero1"]), losses(out)
+    for step in range(stopped + 1, STEPS + 1):
+        assert got[step] == pytest.approx(ref[step], abs=1e-6), step
+
+
+def test_two_simulated_nodes_match_one_node(assets, reference_runs):
+    out = assets / "two_nodes"
+    port = _free_port()
+    procs = [_launch(assets, out, "zero0", node_rank=r, port=port) for r in (0, 1)]
+    for r, p in enumerate(procs):
+        assert _wait(p) == 0, _log(out, node_rank=r)
+    ref, got = losses(reference_runs["zero0"]), losses(out)
+    assert sorted(got) == sorted(ref)
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=1e-6), step
+
+
+def test_tensorboard_holds_every_scalar_at_the_right_steps(reference_runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = reference_runs["zero0"]
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    per_step = {"train/loss", "train/lr", "train/grad_norm"}
+    per_log = {"train/loss_dae", "train/loss_mt", "perf/tokens_per_s", "perf/samples_per_s", "perf/mfu",
+               "memory/peak_gb_per_rank"}
+    assert per_step | per_log | {"dev/loss"} <= tags, sorted(tags)
+    langs = {t for t in tags if t.startswith("train/loss_lang_")}
+    assert {"train/loss_lang_bo", "train/loss_lang_zh"} <= langs, sorted(tags)
+    for tag in per_step:
+        assert [e.step for e in acc.Scalars(tag)] == list(range(1, STEPS + 1)), tag
+    for tag in per_log:
+        assert [e.step for e in acc.Scalars(tag)] == list(range(4, STEPS + 1, 4)), tag
+    assert [e.step for e in acc.Scalars("dev/loss")] == [8, 16, 24]
+    ref = losses(out)
+    assert [round(e.value, 5) for e in acc.Scalars("train/loss")] == [round(ref[s], 5) for s in range(1, STEPS + 1)]
+    mfu = [e.value for e in acc.Scalars("perf/mfu")]
+    assert all(0 < m < 1 for m in mfu), mfu
+    lrs = [e.value for e in acc.Scalars("train/lr")]
+    assert max(lrs) == pytest.approx(1e-3, rel=0.2) and lrs[-1] < lrs[len(lrs) // 2]
+
+
+@pytest.mark.parametrize("case", ["missing_shards", "tokenizer_mismatch", "unknown_key", "bad_batch"])
+def test_bad_input_fails_before_training(assets, demo_tokenizer_dir, tmp_path, case):
+    cfg = json.loads((assets / "run.json").read_text())
+    ds = ROOT / "ds_configs" / "zero0.json"
+    if case == "missing_shards":
+        cfg["data"]["shards"] = str(tmp_path / "nowhere")
+        expect = "nowhere"
+    elif case == "tokenizer_mismatch":
+        other = tmp_path / "other_shards"
+        _run([PY, "launch/prepare_data.py", "--tokenizer", demo_tokenizer_dir, "--out", other,
+              "--mono", f"zh={assets / 'text' / 'zh.txt'}"])
+        cfg["data"]["shards"] = str(other)
+        expect = "fingerprint"
+    elif case == "unknown_key":
+        cfg["train"]["learning_rate"] = 1.0
+        expect = "unknown key 'learning_rate'"
+    else:
+        cfg["train"].pop("micro_batch_size")  # else the run config's batch size replaces the JSON's
+        ds = tmp_path / "ds.json"
+        ds.write_text(json.dumps({"train_batch_size": 7, "train_micro_batch_size_per_gpu": 2}))
+        expect = "train_batch_size=7"
+    run_cfg = tmp_path / "run.json"
+    run_cfg.write_text(json.dumps(cfg))
+    res = subprocess.run([PY, "launch/pretrain.py", "--config", str(run_cfg), "--deepspeed_config", str(ds),
+                          "--out", str(tmp_path / "run")], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2, res.stderr[-3000:]
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and expect in errors[0], res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "run").exists()
