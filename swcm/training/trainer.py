@@ -219,7 +219,8 @@ class Pretrainer:
         bar = tqdm(total=total, initial=step, desc="pretrain", disable=rank != 0, dynamic_ncols=True)
         exit_code = 0
         while step < total:
-            step_sums = torch.zeros(2, dtype=torch.float64)  # loss sum, scored tokens (this rank)
+            step_sums = torch.zeros(3, dtype=torch.float64)  # loss sum, scored tokens, all tokens (this rank)
+            step_start = time.perf_counter()
             micro, grad_norm = 0, None
             while micro < self.gas:
                 batch = next(batches)
@@ -245,6 +246,7 @@ class Pretrainer:
                 micro += 1
                 step_sums[0] += out.token_losses.double().sum().cpu()
                 step_sums[1] += (batch["labels"] != -100).sum()
+                step_sums[2] += (batch["attention_mask"].sum() + batch["decoder_attention_mask"].sum()).item()
                 tracker.add(out.token_losses, batch["labels"], batch["task"], batch["tgt_lang"])
                 src_lens = batch["attention_mask"].sum(1)
                 tgt_lens = batch["decoder_attention_mask"].sum(1)
@@ -261,7 +263,9 @@ class Pretrainer:
             lr = self.scheduler.get_last_lr()[0]
             if rank == 0:
                 with open(metrics_path, "a") as f:
-                    f.write(json.dumps({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm}) + "\n")
+                    f.write(json.dumps({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                                        "tokens": int(step_sums[2].item()),
+                                        "step_time_s": time.perf_counter() - step_start}) + "\n")
                 writer.add_scalar("train/loss", loss, step)
                 writer.add_scalar("train/lr", lr, step)
                 writer.add_scalar("train/grad_norm", grad_norm, step)
@@ -306,5 +310,8 @@ class Pretrainer:
             writer.close()
         if exit_code == 0 and rank == 0 and last_saved == step:
             log.info("done: step %d, checkpoint in %s", step, ckpt_root / checkpointing.tag_for(step))
+        perf = self.out / "perf"
+        perf.mkdir(parents=True, exist_ok=True)
+        checkpointing.write_atomic(perf / f"rank{rank}.json", json.dumps({"peak_memory_gb": memory_gb(self.device)}))
         dist.barrier()
         return exit_code
