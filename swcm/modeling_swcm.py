@@ -122,18 +122,19 @@ class SWCMConfig(PreTrainedConfig):
                             lang_token_ids: dict[str, int] | None = None, vocab_size: int | None = None,
                             **kwargs) -> "SWCMConfig":
         """An SWCM config whose encoder is `xlmr_config` (an `XLMRobertaConfig` or its dict); `vocab_size`
-        overrides the encoder's (pass the size after adding language tags)."""
+        overrides the encoder's (pass the size after adding language tags); further SWCMConfig fields in
+        `kwargs` take precedence over the encoder's values."""
         src = xlmr_config if isinstance(xlmr_config, dict) else xlmr_config.to_dict()
         encoder_fields = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                           "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob",
                           "max_position_embeddings", "type_vocab_size", "initializer_range", "layer_norm_eps",
                           "pad_token_id", "bos_token_id", "eos_token_id")
         fields = {k: src[k] for k in encoder_fields if src.get(k) is not None}
-        fields["vocab_size"] = vocab_size if vocab_size is not None else src["vocab_size"]
-        return cls(**fields, normal_layer_every=normal_layer_every, decoder_init=decoder_init,
-                   tie_word_embeddings=tie_word_embeddings, lang_codes=list(lang_codes),
-                   lang_token_ids=dict(lang_token_ids or {}), decoder_start_token_id=fields.get("bos_token_id", 0),
-                   **kwargs)
+        fields.update(vocab_size=vocab_size if vocab_size is not None else src["vocab_size"],
+                      normal_layer_every=normal_layer_every, decoder_init=decoder_init,
+                      tie_word_embeddings=tie_word_embeddings, lang_codes=list(lang_codes),
+                      lang_token_ids=dict(lang_token_ids or {}), decoder_start_token_id=fields.get("bos_token_id", 0))
+        return cls(**{**fields, **kwargs})
 
 
 # ----------------------------------------------------------------------------------------------------------------
