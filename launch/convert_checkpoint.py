@@ -4,6 +4,8 @@
     python launch/convert_checkpoint.py from-encoder --encoder DIR --out DIR [--normal-layer-every 3]
         [--decoder-init encoder|random|duplicate] [--untie-lm-head] [--lang-codes bo,kk,mn,ug,zh]
         [--overwrite] [--seed 0] [--dtype float32|bfloat16]
+    python launch/convert_checkpoint.py to-hf --run RUN_DIR --out DIR [--step N] [--dtype float32|bfloat16|float16]
+        [--overwrite] [--no-verify]
 
 Each subcommand parses its flags and calls one function in swcm/convert/. Bad input ends with a one-line
 `error: ...` on stderr and a non-zero exit status, and nothing is written.
@@ -45,10 +47,33 @@ def run_from_encoder(args) -> None:
                          lang_codes=codes, overwrite=args.overwrite, seed=args.seed, dtype=args.dtype)
 
 
+def add_to_hf(subparsers) -> None:
+    p = subparsers.add_parser(
+        "to-hf", help="DeepSpeed pretraining run (any ZeRO stage) -> HF directory",
+        description="Consolidate a run's newest complete checkpoint (or --step) and write a Hugging Face directory "
+                    "(safetensors, tokenizer, modeling file, model card), verified by reloading it in a fresh "
+                    "process that cannot import swcm.")
+    p.add_argument("--run", dest="run_dir", required=True, help="the --out directory of launch/pretrain.py")
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest complete one)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--no-verify", action="store_true", help="skip the fresh-process logits check")
+    p.set_defaults(run=run_to_hf)
+
+
+def run_to_hf(args) -> None:
+    from swcm.convert.to_hf import export_to_hf
+
+    export_to_hf(args.run_dir, args.out, step=args.step, dtype=args.dtype, overwrite=args.overwrite,
+                 verify=not args.no_verify)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_from_encoder(subparsers)
+    add_to_hf(subparsers)
     return parser.parse_args(argv)
 
 

@@ -24,12 +24,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForSeq2SeqLM
 
+    from swcm.auto import load_tokenizer
     from swcm.seq2seq_inputs import build_seq2seq_inputs
 
     texts = args.text or open(args.input, encoding="utf-8").read().splitlines()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer = load_tokenizer(args.model)
     model = AutoModelForSeq2SeqLM.from_pretrained(args.model, trust_remote_code=True).eval()
     if args.tgt_lang not in model.config.lang_token_ids:
         sys.exit(f"error: --tgt-lang {args.tgt_lang!r} has no tag in {args.model} "

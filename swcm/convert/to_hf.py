@@ -13,6 +13,7 @@ import logging
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -84,8 +85,12 @@ Encoder input `<s> <src_lang> x </s>`; generation starts from `<s>` and is force
 """
 
 
+# Run with `python -S` plus site-packages on sys.path: .pth files (swcm's editable-install hook) stay unread,
+# so the directory must load on its own, as it will for a user without swcm.
 _VERIFY = r"""
-import json, sys, torch
+import json, sys
+sys.path.append(sys.argv[4])
+import torch
 from safetensors.torch import save_file
 try:
     import swcm  # noqa: F401
@@ -117,8 +122,9 @@ def _verify(out_dir: Path, model, tokenizer, dtype: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "probe.json").write_text(json.dumps({k: v.tolist() for k, v in probe.items()}))
         env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        res = subprocess.run([sys.executable, "-c", _VERIFY, str(out_dir.resolve()), "probe.json", "logits.st"],
-                             cwd=tmp, env=env, capture_output=True, text=True)
+        res = subprocess.run([sys.executable, "-S", "-c", _VERIFY, str(out_dir.resolve()), "probe.json", "logits.st",
+                              sysconfig.get_paths()["purelib"]],
+                             cwd=tmp, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if res.returncode != 0:
             raise ConversionError(f"the exported directory does not load on its own: {res.stderr.strip()[-500:]}")
         got = load_file(str(Path(tmp) / "logits.st"))["logits"]
@@ -132,8 +138,7 @@ def _verify(out_dir: Path, model, tokenizer, dtype: str) -> float:
 def export_to_hf(run_dir: str | Path, out_dir: str | Path, *, step: int | None = None, dtype: str = "float32",
                  overwrite: bool = False, verify: bool = True) -> Path:
     """Write the HF directory of a run's checkpoint to `out_dir` (atomically) and verify it; return out_dir."""
-    from transformers import AutoTokenizer
-
+    from swcm.auto import load_tokenizer
     from swcm.modeling_swcm import SWCMConfig, SWCMForConditionalGeneration
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -149,7 +154,7 @@ def export_to_hf(run_dir: str | Path, out_dir: str | Path, *, step: int | None =
     if not (model_dir / "config.json").is_file():
         raise ConversionError(f"{model_dir}: the run's model config is missing")
     config = SWCMConfig.from_pretrained(str(model_dir))
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer = load_tokenizer(model_dir)
     log.info("consolidating %s", ckpt)
     state = consolidated_state_dict(run_dir, step)
     model = SWCMForConditionalGeneration(config)

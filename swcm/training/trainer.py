@@ -55,8 +55,7 @@ class Pretrainer:
     """Builds model, data and engine from a checked config and runs the loop. Construct, then `run()`."""
 
     def __init__(self, cfg: RunConfig, ds_config_path: str, out_dir: str, *, resume: bool = False):
-        from transformers import AutoTokenizer
-
+        from swcm.auto import load_tokenizer
         from swcm.data.shards import check_shards
 
         self.cfg, self.out, self.resume = cfg, Path(out_dir), resume
@@ -77,7 +76,7 @@ class Pretrainer:
                               f"{cfg.model.attn_implementation!r}")
         if not cfg.data.shards:
             raise ConfigError("data.shards: no shard directory given")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.tokenizer = load_tokenizer(model_dir)
         check_shards(cfg.data.shards, self.tokenizer)
         if cfg.data.dev_shards:
             check_shards(cfg.data.dev_shards, self.tokenizer)
