@@ -20,3 +20,7 @@ class DataConfig:
     shuffle_buffer: int = 1000
     num_workers: int = 1
     seed: int = 1234
+    bucket_batches: int = 16         # length bucketing sorts windows of max_samples * this many samples: enough
+                                     # to group similar lengths, small enough to keep the language mix local
+    shard_url_prefix: str = ""       # read shards from prefix + name (https://..., pipe:aws s3 cp s3://.../ -)
+                                     # instead of beside index.json; "" = local files

@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""Print what the pretraining loader feeds one rank: one JSON line per sample.
+
+    python launch/inspect_data.py runs/demo/shards/train --config configs/demo.json --rank 0 --world-size 2 \
+        --num-workers 2 --batches 20 [--decode] [--state-in s.json] [--state-out s.json] [--set data.alpha=1.0]
+
+Each line: {"epoch", "batch" (its index in the epoch), "sample_id", "task", "lang", "src_lang", "tgt_lang", "src_ids", "tgt_ids"}
+(src_ids: the encoder input without padding; tgt_ids: the scored labels, y </s>), plus "src_text" and
+"tgt_text" with --decode. A filler batch (a rank that ran out of samples) prints {"epoch", "batch",
+"is_padding": true}. --epochs E prints exactly E epochs of this rank's samples from the current position;
+--state-out saves the loader state after the last batch, --state-in resumes from one.
+"""
+
+import argparse
+import itertools
+import json
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("shard_dir", help="directory with index.json (from launch/prepare_data.py)")
+    p.add_argument("--config", default=None, help="run config JSON whose data section to use (default: defaults)")
+    p.add_argument("--tokenizer", default=None, help="the model's tokenizer dir (default: the one in index.json)")
+    p.add_argument("--split", choices=("train", "dev"), default="train",
+                   help="train: mixed, reshuffled each epoch; dev: every sample once, fixed order")
+    p.add_argument("--rank", type=int, default=0)
+    p.add_argument("--world-size", type=int, default=1)
+    p.add_argument("--num-workers", type=int, default=None, help="override data.num_workers")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--batches", type=int, help="print this many batches")
+    what.add_argument("--epochs", type=int, help="print this many whole epochs")
+    p.add_argument("--decode", action="store_true", help="add src_text / tgt_text")
+    p.add_argument("--state-in", default=None, help="loader state JSON to resume from")
+    p.add_argument("--state-out", default=None, help="write the loader state JSON here at the end")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set data.alpha=1.0 (repeatable)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from transformers import AutoTokenizer
+
+    from swcm.config import ConfigError, load_config
+    from swcm.data.shards import DataError, load_index
+    from swcm.data.stream import PretrainStream, load_state, save_state
+
+    try:
+        cfg = load_config(args.config, args.overrides).data
+        setattr(cfg, "shards" if args.split == "train" else "dev_shards", args.shard_dir)
+        if args.num_workers is not None:
+            cfg.num_workers = args.num_workers
+        tokenizer_dir = args.tokenizer or load_index(args.shard_dir)["tokenizer"]["path"]
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        stream = PretrainStream(cfg, tokenizer, rank=args.rank, world_size=args.world_size, split=args.split)
+        if args.state_in:
+            load_state(stream, args.state_in)
+        if args.batches is not None:
+            batches = itertools.islice(iter(stream), args.batches)
+        else:
+            batches = itertools.chain.from_iterable(stream.epoch_batches() for _ in range(args.epochs))
+        batches = iter(batches)
+        count = 0
+        while True:
+            # The position before pulling a batch is that batch's place (dev: fixed epoch 0, counted here).
+            epoch, position = stream.epoch, stream.batches_done
+            batch = next(batches, None)
+            if batch is None:
+                break
+            if args.split == "dev":
+                position = count % stream.batches_per_epoch()
+            for line in _lines(batch, position, tokenizer, args.decode):
+                print(json.dumps({"epoch": epoch, **line}, ensure_ascii=False))
+            count += 1
+        if args.state_out:
+            save_state(stream, args.state_out)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _lines(batch: dict, position: int, tokenizer, decode: bool):
+    if batch["is_padding"]:
+        yield {"batch": position, "is_padding": True}
+        return
+    for i, sid in enumerate(batch["sample_id"]):
+        src = batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist()
+        tgt = [t for t in batch["labels"][i].tolist() if t != -100]
+        line = {"batch": position, "sample_id": sid, "task": batch["task"][i], "lang": batch["src_lang"][i],
+                "src_lang": batch["src_lang"][i], "tgt_lang": batch["tgt_lang"][i], "src_ids": src, "tgt_ids": tgt}
+        if decode:
+            line["src_text"] = tokenizer.decode(src, clean_up_tokenization_spaces=False)
+            line["tgt_text"] = tokenizer.decode(tgt, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        yield line
+
+
+if __name__ == "__main__":
+    sys.exit(main())

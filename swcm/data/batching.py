@@ -1,0 +1,81 @@
+"""Token-budget micro-batches with length bucketing, and collation into the trainer's batch dict.
+
+The batch contract (fixed; the trainer is written against it), B samples, S and T multiples of pad_to_multiple:
+  input_ids (B,S), attention_mask (B,S)                  encoder `<s> <src_lang> x </s>` (x noised for DAE)
+  decoder_input_ids (B,T), decoder_attention_mask (B,T)  `<s> <tgt_lang> y`
+  labels (B,T)                                           `-100 y </s>`, -100 at padding too
+  task, src_lang, tgt_lang, sample_id: lists of B str;  is_padding: bool (True for a filler batch)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+IGNORE = -100   # the label value cross-entropy skips (torch's default ignore_index)
+
+
+def round_up(n: int | np.ndarray, multiple: int):
+    """The smallest multiple of `multiple` that is >= n."""
+    return -(-n // multiple) * multiple
+
+
+def cut_batches(enc_len: np.ndarray, dec_len: np.ndarray, max_tokens: int, max_samples: int,
+                multiple: int) -> list[np.ndarray]:
+    """Bucket one window of samples: sort by (encoder, decoder) length, then cut greedily so that every batch
+    has at most `max_samples` samples and B * (S + T) <= max_tokens after padding to `multiple` (a sample
+    alone over budget forms a batch of one). Returns index arrays into the window, shortest batch first."""
+    order = np.lexsort((dec_len, enc_len))
+    batches, current = [], []
+    max_e = max_d = 0
+    for i in order:
+        e, d = max(max_e, enc_len[i]), max(max_d, dec_len[i])
+        cost = (len(current) + 1) * (round_up(e, multiple) + round_up(d, multiple))
+        if current and (cost > max_tokens or len(current) == max_samples):
+            batches.append(np.asarray(current))
+            current, e, d = [], enc_len[i], dec_len[i]
+        current.append(i)
+        max_e, max_d = e, d
+    if current:
+        batches.append(np.asarray(current))
+    return batches
+
+
+def collate(encoder: list[np.ndarray], target: list[np.ndarray], tgt_tags: list[int], *, bos: int, eos: int,
+            pad: int, multiple: int, task: list[str], src_lang: list[str], tgt_lang: list[str],
+            sample_id: list[str]) -> dict:
+    """Build the batch dict from full encoder sequences and clean targets y (content ids only)."""
+    b = len(encoder)
+    s = round_up(max(len(x) for x in encoder), multiple)
+    t = round_up(max(len(y) for y in target) + 2, multiple)
+    input_ids = np.full((b, s), pad, dtype=np.int64)
+    attention = np.zeros((b, s), dtype=np.int64)
+    dec_in = np.full((b, t), pad, dtype=np.int64)
+    dec_attention = np.zeros((b, t), dtype=np.int64)
+    labels = np.full((b, t), IGNORE, dtype=np.int64)
+    for i, (x, y, tag) in enumerate(zip(encoder, target, tgt_tags)):
+        input_ids[i, :len(x)] = x
+        attention[i, :len(x)] = 1
+        n = len(y)
+        dec_in[i, 0], dec_in[i, 1] = bos, tag
+        dec_in[i, 2:n + 2] = y
+        dec_attention[i, :n + 2] = 1
+        labels[i, 1:n + 1] = y        # labels[t] is the token after decoder_input_ids[t]; labels[0] (<tgt>) unscored
+        labels[i, n + 1] = eos
+    return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention),
+            "decoder_input_ids": torch.from_numpy(dec_in), "decoder_attention_mask": torch.from_numpy(dec_attention),
+            "labels": torch.from_numpy(labels), "task": task, "src_lang": src_lang, "tgt_lang": tgt_lang,
+            "sample_id": sample_id, "is_padding": False}
+
+
+def filler_batch(*, bos: int, eos: int, pad: int, multiple: int) -> dict:
+    """A one-sample batch for a rank that has run out of samples: `<s> </s>` in, `<s>` out, every label -100,
+    `is_padding` True. Its loss carries no tokens; the trainer runs it (so collectives stay in step) and
+    must not count it."""
+    batch = collate([np.array([bos, eos])], [np.zeros(0, dtype=np.int64)], [bos], bos=bos, eos=eos, pad=pad,
+                    multiple=multiple, task=["dae"], src_lang=[""], tgt_lang=[""], sample_id=[""])
+    batch["decoder_attention_mask"][0, 1] = 0   # the slot where a language tag would be is padding here
+    batch["decoder_input_ids"][0, 1] = pad
+    batch["labels"].fill_(IGNORE)
+    batch["is_padding"] = True
+    return batch

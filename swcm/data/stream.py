@@ -1,0 +1,290 @@
+"""The resumable multi-rank pretraining stream: shards -> mixed, noised, token-budget batches.
+
+`PretrainStream(cfg, tokenizer, rank=, world_size=)` yields the batch dicts of `swcm.data.batching` forever
+(train) or for one epoch (dev). Which sample goes into which batch is fixed by the epoch plan
+(`swcm.data.plan`), computed alike on every rank; worker processes (torch DataLoader workers, one per
+(rank, worker) slot) only read their slot's shards, noise and collate, and the main process puts their
+batches back into plan order. The state is therefore just (epoch, batches yielded in it) plus the settings
+that decide the plan -- JSON, and exact on restore, for any number of workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from swcm.data.batching import collate, filler_batch
+from swcm.data.noise import DenoisingNoise
+from swcm.data.plan import NOISE, EpochPlan, PlanSpec, build_plan, rng
+from swcm.data.shards import INDEX_NAME, DataError, check_shards, load_lengths, read_shard, shard_url
+from swcm.data.text import SENTENCE_END_CHARS
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "swcm-stream-state"
+STATE_VERSION = 1
+
+
+def sentence_end_table(tokenizer) -> np.ndarray:
+    """Boolean array over the vocabulary: True for pieces whose last character ends a sentence."""
+    table = np.zeros(len(tokenizer), dtype=bool)
+    for piece, i in tokenizer.get_vocab().items():
+        if i < len(table) and piece and piece[-1] in SENTENCE_END_CHARS:
+            table[i] = True
+    table[list(tokenizer.all_special_ids)] = False
+    return table
+
+
+@dataclasses.dataclass
+class _Decoder:
+    """What a worker needs to turn planned samples into batches (picklable, no tokenizer)."""
+    shard_dir: str
+    url_prefix: str
+    shards: dict            # name -> index entry (sha256, samples)
+    stream_names: list
+    lang_tags: dict
+    bos: int
+    eos: int
+    pad: int
+    multiple: int
+    noise: DenoisingNoise
+    seed: int
+
+
+class _SlotRunner:
+    """Reads, noises and collates one slot's batches from batch `start` of its plan, in plan order."""
+
+    def __init__(self, dec: _Decoder, plan: EpochPlan, slot: int, start: int):
+        self.dec, self.plan, self.slot = dec, plan, slot
+        self.sp = plan.slots[slot]
+        self.start = start
+        remaining = np.concatenate(self.sp.batches[start:]) if start < len(self.sp.batches) else np.zeros(0, int)
+        units, counts = np.unique(self.sp.unit[remaining], return_counts=True)
+        self.pending = dict(zip(units.tolist(), counts.tolist()))   # unit -> samples still to serve
+        self.loaded: dict[int, list] = {}
+
+    def _sample(self, unit_id: int, offset: int) -> dict:
+        if unit_id not in self.loaded:
+            u = self.plan.units[unit_id]
+            info = self.dec.shards[u.shard]
+            self.loaded[unit_id] = read_shard(shard_url(self.dec.shard_dir, u.shard, self.dec.url_prefix),
+                                              expect_sha256=info["sha256"], expect_samples=info["samples"])
+        sample = self.loaded[unit_id][offset]
+        self.pending[unit_id] -= 1
+        if self.pending[unit_id] == 0:   # the unit is served: free its shard's samples
+            del self.loaded[unit_id]
+        return sample
+
+    def __iter__(self) -> Iterator[tuple[int, dict]]:
+        d = self.dec
+        for j in range(self.start, len(self.sp.batches)):
+            idx = self.sp.batches[j]
+            g = rng(d.seed, NOISE, self.plan.epoch, self.slot, j)
+            enc, tgt, tags, task, src_lang, tgt_lang, ids = [], [], [], [], [], [], []
+            for i in idx:
+                s = self._sample(int(self.sp.unit[i]), int(self.sp.offset[i]))
+                meta = s["meta"]
+                if "ids" in s:
+                    x = s["ids"]
+                    a = b = meta["lang"]
+                    src, y = d.noise(x, g), x
+                    task.append("dae")
+                else:
+                    a, b = meta["src_lang"], meta["tgt_lang"]
+                    src, y = s["src"], s["tgt"]
+                    if self.sp.flip[i]:
+                        a, b, src, y = b, a, y, src
+                    task.append("mt")
+                enc.append(np.concatenate([[d.bos, d.lang_tags[a]], src, [d.eos]]))
+                tgt.append(y)
+                tags.append(d.lang_tags[b])
+                src_lang.append(a)
+                tgt_lang.append(b)
+                ids.append(meta["id"])
+            yield j, collate(enc, tgt, tags, bos=d.bos, eos=d.eos, pad=d.pad, multiple=d.multiple, task=task,
+                             src_lang=src_lang, tgt_lang=tgt_lang, sample_id=ids)
+
+
+class _RankEpoch(torch.utils.data.IterableDataset):
+    """DataLoader dataset: worker w runs slot (rank, w) from its start batch, yielding (worker, j, batch)."""
+
+    def __init__(self, dec: _Decoder, plan: EpochPlan, rank: int, starts: list[int]):
+        self.dec, self.plan, self.rank, self.starts = dec, plan, rank, starts
+
+    def __iter__(self):
+        w = torch.utils.data.get_worker_info().id
+        for j, batch in _SlotRunner(self.dec, self.plan, self.rank * self.plan.num_workers + w, self.starts[w]):
+            yield w, j, batch
+
+
+class PretrainStream:
+    """Mixed DAE + MT batches for one rank of a `world_size`-rank job (see the module docstring).
+
+    `split="train"` reads `cfg.shards` and iterates forever, epoch after epoch; `split="dev"` reads
+    `cfg.dev_shards`, reads every sample exactly once (alpha and mt_ratio ignored) and always yields the same
+    epoch. Raises DataError for an unusable shard set (see `check_shards`) or settings.
+    """
+
+    def __init__(self, cfg, tokenizer, *, rank: int, world_size: int, split: str = "train"):
+        if split not in ("train", "dev"):
+            raise DataError(f"split {split!r}: expected 'train' or 'dev'")
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is outside world size {world_size}")
+        self.cfg, self.rank, self.world_size, self.split = cfg, rank, world_size, split
+        self.shard_dir = Path(cfg.shards if split == "train" else cfg.dev_shards)
+        if not str(cfg.shards if split == "train" else cfg.dev_shards):
+            raise DataError(f"data.{'shards' if split == 'train' else 'dev_shards'} is not set")
+        self.index = check_shards(self.shard_dir, tokenizer, url_prefix=cfg.shard_url_prefix)
+        self.index_sha256 = hashlib.sha256((self.shard_dir / INDEX_NAME).read_bytes()).hexdigest()
+        self.lengths = load_lengths(self.shard_dir, self.index)
+        self.num_workers = max(1, cfg.num_workers)
+        self.spec = PlanSpec(seed=cfg.seed, alpha=cfg.alpha, mt_ratio=cfg.mt_ratio, natural=split == "dev",
+                             world_size=world_size, num_workers=self.num_workers, shuffle_buffer=cfg.shuffle_buffer,
+                             max_tokens=cfg.max_tokens, max_samples=cfg.max_samples,
+                             pad_to_multiple=cfg.pad_to_multiple, bucket_batches=cfg.bucket_batches)
+        noise = DenoisingNoise(tokenizer.mask_token_id, cfg.mask_ratio, cfg.poisson_lambda, cfg.permute_sentences,
+                               sentence_end_table(tokenizer))
+        self._dec = _Decoder(str(self.shard_dir), cfg.shard_url_prefix, self.index["shards"],
+                             sorted(self.index["streams"]), self.index["tokenizer"]["lang_tags"],
+                             tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                             cfg.pad_to_multiple, noise, cfg.seed)
+        self._epoch, self._done = 0, 0
+        self._plan: EpochPlan | None = None
+        total = self.index["totals"]["all"]
+        log.info("%s stream rank %d/%d, %d workers: %d shards, %d samples in %d streams", split, rank, world_size,
+                 self.num_workers, len(self.index["shards"]), total["samples"], len(self.index["streams"]))
+
+    # -- plan -------------------------------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        """The epoch the next batch belongs to (always 0 for the dev split)."""
+        return self._epoch
+
+    @property
+    def batches_done(self) -> int:
+        """Batches of the current epoch already yielded (the next batch's index in the epoch)."""
+        return self._done
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        """The epoch plan (cached for the current epoch)."""
+        epoch = self._epoch if epoch is None else epoch
+        if self._plan is None or self._plan.epoch != epoch:
+            self._plan = build_plan(self.spec, epoch, self.index["streams"], self.lengths)
+        return self._plan
+
+    def batches_per_epoch(self, epoch: int | None = None) -> int:
+        """Batches every rank yields in `epoch` (fillers included)."""
+        return self.plan(epoch).batches_per_rank()
+
+    # -- iteration --------------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict]:
+        """Batches from the current position: forever for train, one epoch for dev."""
+        if self.split == "dev":
+            yield from self.epoch_batches()
+            return
+        while True:
+            yield from self.epoch_batches()
+
+    def epoch_batches(self) -> Iterator[dict]:
+        """The rest of the current epoch, from the current position; afterwards the state points at the start
+        of the next epoch. For the dev split: the whole (fixed) epoch every time, state untouched."""
+        plan = self.plan()
+        total = plan.batches_per_rank()
+        order = plan.rank_order(self.rank)
+        done = 0 if self.split == "dev" else self._done
+        for batch in self._batches(plan, order, done, total):
+            done += 1
+            if self.split == "train":
+                self._done = done
+                if done == total:
+                    self._epoch, self._done = self._epoch + 1, 0
+            yield batch
+
+    def _batches(self, plan: EpochPlan, order: list[tuple[int, int]], done: int, total: int) -> Iterator[dict]:
+        fill = dict(bos=self._dec.bos, eos=self._dec.eos, pad=self._dec.pad, multiple=self._dec.multiple)
+        if done < len(order):
+            starts = [sum(1 for w, _ in order[:done] if w == worker) for worker in range(self.num_workers)]
+            yield from self._real_batches(plan, order, done, starts)
+        for _ in range(max(done, len(order)), total):
+            yield filler_batch(**fill)
+
+    def _real_batches(self, plan, order, done, starts) -> Iterator[dict]:
+        if self.cfg.num_workers == 0:
+            for _, batch in _SlotRunner(self._dec, plan, self.rank, starts[0]):
+                yield batch
+            return
+        loader = torch.utils.data.DataLoader(_RankEpoch(self._dec, plan, self.rank, starts), batch_size=None,
+                                             num_workers=self.num_workers, prefetch_factor=4)
+        waiting: dict[tuple[int, int], dict] = {}
+        position = done
+        for w, j, batch in loader:   # the DataLoader's order may differ from the plan's after a resume
+            waiting[(w, j)] = batch
+            while position < len(order) and order[position] in waiting:
+                yield waiting.pop(order[position])
+                position += 1
+        if position != len(order):
+            raise DataError(f"loader workers stopped after {position} of {len(order)} planned batches")
+
+    # -- state ------------------------------------------------------------------------------------------------
+    def _spec_dict(self) -> dict:
+        return dataclasses.asdict(self.spec)
+
+    def state_dict(self) -> dict:
+        """JSON-serialisable state: the epoch and batches yielded in it, plus what decides the plan (checked on
+        load), and, for reading, how far this rank is through each stream. Every rank's state has the same
+        epoch and batch counter, so rank 0's state may be loaded on every rank."""
+        plan = self.plan()
+        order = plan.rank_order(self.rank)[:self._done]
+        names = sorted(self.index["streams"])
+        read = {name: 0 for name in names}
+        for w, j in order:
+            sp = plan.slots[self.rank * self.num_workers + w]
+            for s in sp.stream[sp.batches[j]]:
+                read[names[s]] += 1
+        return {"format": STATE_FORMAT, "version": STATE_VERSION, "split": self.split, "epoch": self._epoch,
+                "batches_done": self._done, "batches_per_epoch": plan.batches_per_rank(),
+                "index_sha256": self.index_sha256, "plan": self._spec_dict(),
+                "rng": "counter-based: every draw is seeded by (seed, purpose, epoch, slot, counter); "
+                       "nothing else to restore",
+                "rank": self.rank, "stream_reads_done": read,
+                "stream_reads_in_epoch": plan.reads}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state` (from `state_dict`, possibly of another rank); the next batch is the one an
+        uninterrupted run would yield. DataError if the state was made with another shard set or settings."""
+        if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+            raise DataError(f"loader state: expected format {STATE_FORMAT!r} version {STATE_VERSION}, got "
+                            f"{state.get('format')!r} version {state.get('version')!r}")
+        if state["index_sha256"] != self.index_sha256:
+            raise DataError(f"loader state: made with another shard set (index sha256 {state['index_sha256'][:16]}"
+                            f", {self.shard_dir / INDEX_NAME} has {self.index_sha256[:16]})")
+        mine = self._spec_dict()
+        diffs = [f"{k}: state {state['plan'].get(k)!r}, now {v!r}" for k, v in mine.items()
+                 if state["plan"].get(k) != v]
+        if diffs:
+            raise DataError("loader state: the plan settings changed, resume would not be exact (" +
+                            "; ".join(diffs) + ")")
+        self._epoch, self._done = int(state["epoch"]), int(state["batches_done"])
+        if self._done >= self.batches_per_epoch():
+            self._epoch, self._done = self._epoch + 1, 0
+
+
+def save_state(stream: PretrainStream, path: str | Path) -> None:
+    """Write the stream's state as JSON."""
+    Path(path).write_text(json.dumps(stream.state_dict(), indent=1))
+
+
+def load_state(stream: PretrainStream, path: str | Path) -> None:
+    """Restore a state written by `save_state`."""
+    try:
+        state = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: cannot read loader state ({e})") from None
+    stream.load_state_dict(state)
