@@ -429,13 +429,14 @@ class LMHead(nn.Linear):
         if labels is None:
             return F.linear(hidden, self.weight, self.bias), None, None
         scored = labels.ne(-100)
-        h, y = hidden[scored], labels[scored]
+        y = labels[scored]
         smoothing = self.config.label_smoothing
         fused = _optional_kernel("kernels.lm_head_ce", "fused_linear_cross_entropy") \
             if self.config.fused_lm_head_ce else None
         logits = None
         if fused is not None and y.numel() > 0:
-            loss, per_token = fused(h, self.weight, y, bias=self.bias, ignore_index=-100,
+            # Only the scored rows go through the kernel: pads and the given <tgt_lang> cost nothing.
+            loss, per_token = fused(hidden[scored], self.weight, y, bias=self.bias, ignore_index=-100,
                                     label_smoothing=smoothing, return_token_losses=True)
         else:
             logits = F.linear(hidden, self.weight, self.bias)

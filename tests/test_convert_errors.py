@@ -107,6 +107,18 @@ def test_existing_out_needs_overwrite(tiny_xlmr_dir, tmp_path, capsys):
 def test_truncated_weights_file_is_reported(tiny_xlmr_dir, tmp_path):
     enc = _copy(tiny_xlmr_dir, tmp_path / "enc")
     (enc / "model.safetensors").write_bytes(b"\x00" * 16)
-    with pytest.raises(ConversionError, match="cannot read the weights"):
+    with pytest.raises(ConversionError, match="cannot read .*model.safetensors"):
+        convert_from_encoder(enc, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+class NotATensor:
+    """Stands for arbitrary pickled code: a .bin holding it must be refused, never unpickled."""
+
+
+def test_pickled_objects_in_bin_are_refused(tiny_xlmr_dir, tmp_path):
+    enc = _copy(tiny_xlmr_dir, tmp_path / "enc", skip={"model.safetensors"})
+    torch.save({"embeddings.word_embeddings.weight": NotATensor()}, enc / "pytorch_model.bin")
+    with pytest.raises(ConversionError, match="cannot read .*pytorch_model.bin"):
         convert_from_encoder(enc, tmp_path / "out")
     assert not (tmp_path / "out").exists()

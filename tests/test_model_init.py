@@ -2,6 +2,7 @@
 tied/untied head, language-tag rows, and the parameter count of the paper's CINO-base-v2 shape."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from helpers_model import padded_batch, random_xlmr, swcm_from_xlmr, tiny_xlmr_config
 from safetensors.torch import load_file
+from transformers import XLMRobertaForMaskedLM
 
 from swcm.assets import build_tiny_xlmr
 from swcm.convert.from_encoder import convert_from_encoder
@@ -203,3 +205,20 @@ def test_builds_and_trains_under_zero3_init(tmp_path):
     proc = subprocess.run([sys.executable, str(tmp_path / "z3.py")], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=600)
     assert proc.returncode == 0 and "ZERO3-OK" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("layout", ["sharded", "bin"])
+def test_weight_file_layouts_convert_identically(layout, tiny_xlmr_dir, tmp_path):
+    """model.safetensors, a sharded safetensors index and pytorch_model.bin give the same converted weights."""
+    enc = tmp_path / layout
+    shutil.copytree(tiny_xlmr_dir, enc, ignore=lambda d, names: ["model.safetensors"])
+    mlm = XLMRobertaForMaskedLM.from_pretrained(tiny_xlmr_dir)
+    if layout == "sharded":
+        mlm.save_pretrained(enc, max_shard_size="200KB")
+        assert (enc / "model.safetensors.index.json").is_file()
+    else:
+        torch.save(mlm.state_dict(), enc / "pytorch_model.bin")
+    reference = convert_from_encoder(tiny_xlmr_dir, tmp_path / "ref")
+    converted = convert_from_encoder(enc, tmp_path / "out")
+    a, b = load_file(str(reference / "model.safetensors")), load_file(str(converted / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

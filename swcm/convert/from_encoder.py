@@ -87,19 +87,18 @@ def load_encoder_state_dict(encoder_dir: Path) -> dict[str, torch.Tensor]:
     (read with weights_only=True, which refuses arbitrary pickled objects)."""
     from safetensors.torch import load_file
 
-    single, index, pickle = (encoder_dir / f for f in WEIGHT_FILES)
+    path = next((encoder_dir / f for f in WEIGHT_FILES if (encoder_dir / f).is_file()), None)
+    if path is None:
+        raise ConversionError(f"no weights in {encoder_dir} (expected one of {', '.join(WEIGHT_FILES)})")
     try:
-        if single.is_file():
-            return load_file(str(single))
-        if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        if path.name == "model.safetensors":
+            return load_file(str(path))
+        if path.name == "model.safetensors.index.json":
+            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
             return {k: v for shard in shards for k, v in load_file(str(encoder_dir / shard)).items()}
-        if pickle.is_file():
-            return torch.load(str(pickle), map_location="cpu", weights_only=True)
-    except Exception as e:  # a corrupt file can fail in many ways; report which file, on one line
-        raise ConversionError(f"cannot read the weights in {encoder_dir}: {type(e).__name__}: "
-                              f"{' '.join(str(e).split())}") from None
-    raise ConversionError(f"no weights in {encoder_dir} (expected one of {', '.join(WEIGHT_FILES)})")
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt or foreign file fails in many ways; say which file, on one line
+        raise ConversionError(f"cannot read {path}: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
 
 
 def _load_tokenizer(encoder_dir: Path):
