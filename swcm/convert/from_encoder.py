@@ -133,7 +133,7 @@ Converted by `launch/convert_checkpoint.py from-encoder` from the encoder `{enco
 
 ```python
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-tok = AutoTokenizer.from_pretrained(path)
+tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)  # the flag only avoids a prompt
 model = AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=True)
 # encoder input "<s> <src> x </s>"; generation starts at <s> and is forced to the target tag next
 batch = tok("<zh> 你好", return_tensors="pt")
