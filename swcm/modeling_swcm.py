@@ -13,7 +13,9 @@ Architecture (Su et al., ACL 2025, "Multilingual Encoder Knows more than You Rea
               Custom:  causal self-attn -> FFN1 -> cross-attn -> FFN2   (each: residual + LayerNorm, post-LN)
               Normal:  causal self-attn -> cross-attn -> FFN            (each: residual + LayerNorm, post-LN)
     embedding the decoder embeds with the encoder's embedding module itself (word, position, token type, LayerNorm).
-    head      `lm_head`: logits = h·Eᵀ + b, E tied to the word embedding by default, b always present (zeros at init).
+    head      `lm_head`: logits = h·Eᵀ + b, b always present (zeros at init). E is the word embedding itself by default
+              (`tie_word_embeddings=True`); untied, E is a separate matrix initialised normal(0, initializer_range),
+              as the released code's separate head was.
 
 State-dict keys: `encoder.*` (XLMRobertaModel names), `decoder.layers.{j}.*`, `lm_head.weight` (only when untied;
 tied checkpoints store the embedding once and re-tie on load), `lm_head.bias`.
