@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import shutil
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -71,7 +72,9 @@ class StreamShardWriter:
     def _open(self) -> None:
         self._name = f"{self.prefix}-{len(self.shards):06d}.tar"
         self._tmp = self.out_dir / f".{self._name}.tmp"
-        self._writer = wds.TarWriter(str(self._tmp))
+        # A fixed integer mtime in plain ustar: no per-member PAX header (half the headers a reader parses) and
+        # byte-identical shards, hence the same sha256, from the same input.
+        self._writer = wds.TarWriter(str(self._tmp), mtime=0, format=tarfile.USTAR_FORMAT)
         self._count, self._tokens, self._lens = 0, 0, []
 
     def write(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:

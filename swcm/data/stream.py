@@ -112,16 +112,25 @@ class _SlotRunner:
                              src_lang=src_lang, tgt_lang=tgt_lang, sample_id=ids)
 
 
-class _RankEpoch(torch.utils.data.IterableDataset):
-    """DataLoader dataset: worker w runs slot (rank, w) from its start batch, yielding (worker, j, batch)."""
+class _RankEpochs(torch.utils.data.IterableDataset):
+    """DataLoader dataset: worker w runs slot (rank, w) epoch after epoch, from batch `first_starts[w]` of
+    `first_epoch`, yielding (epoch, worker, batch index, batch). Each worker builds the (deterministic) plan
+    itself, so one set of worker processes serves every epoch."""
 
-    def __init__(self, dec: _Decoder, plan: EpochPlan, rank: int, starts: list[int]):
-        self.dec, self.plan, self.rank, self.starts = dec, plan, rank, starts
+    def __init__(self, stream: "PretrainStream", first_epoch: int, first_starts: list[int], epochs: int | None):
+        self.dec, self.spec, self.rank = stream._dec, stream.spec, stream.rank
+        self.streams, self.lengths = stream.index["streams"], stream.lengths
+        self.first_epoch, self.first_starts, self.epochs = first_epoch, first_starts, epochs
 
     def __iter__(self):
         w = torch.utils.data.get_worker_info().id
-        for j, batch in _SlotRunner(self.dec, self.plan, self.rank * self.plan.num_workers + w, self.starts[w]):
-            yield w, j, batch
+        epoch = self.first_epoch
+        while self.epochs is None or epoch < self.first_epoch + self.epochs:
+            plan = build_plan(self.spec, epoch, self.streams, self.lengths)
+            start = self.first_starts[w] if epoch == self.first_epoch else 0
+            for j, batch in _SlotRunner(self.dec, plan, self.rank * plan.num_workers + w, start):
+                yield epoch, w, j, batch
+            epoch += 1
 
 
 class PretrainStream:
@@ -187,50 +196,65 @@ class PretrainStream:
     def __iter__(self) -> Iterator[dict]:
         """Batches from the current position: forever for train, one epoch for dev."""
         if self.split == "dev":
-            yield from self.epoch_batches()
-            return
-        while True:
-            yield from self.epoch_batches()
+            return self.epoch_batches()
+        return self._iterate(None)
 
     def epoch_batches(self) -> Iterator[dict]:
         """The rest of the current epoch, from the current position; afterwards the state points at the start
         of the next epoch. For the dev split: the whole (fixed) epoch every time, state untouched."""
-        plan = self.plan()
-        total = plan.batches_per_rank()
-        order = plan.rank_order(self.rank)
-        done = 0 if self.split == "dev" else self._done
-        for batch in self._batches(plan, order, done, total):
-            done += 1
-            if self.split == "train":
-                self._done = done
-                if done == total:
-                    self._epoch, self._done = self._epoch + 1, 0
-            yield batch
+        if self.split == "dev":
+            saved = self._epoch, self._done
+            self._epoch, self._done = 0, 0
+            try:
+                yield from self._iterate(1)
+            finally:
+                self._epoch, self._done = saved
+        else:
+            yield from self._iterate(1)
 
-    def _batches(self, plan: EpochPlan, order: list[tuple[int, int]], done: int, total: int) -> Iterator[dict]:
+    def _iterate(self, epochs: int | None) -> Iterator[dict]:
+        """`epochs` epochs (None: forever) from the current position, advancing the state with every batch."""
+        first_epoch = self._epoch
+        order = self.plan().rank_order(self.rank)
+        starts = [sum(1 for w, _ in order[:self._done] if w == worker) for worker in range(self.num_workers)]
+        source = self._worker_batches(first_epoch, starts, epochs)
+        waiting: dict[tuple[int, int, int], dict] = {}
         fill = dict(bos=self._dec.bos, eos=self._dec.eos, pad=self._dec.pad, multiple=self._dec.multiple)
-        if done < len(order):
-            starts = [sum(1 for w, _ in order[:done] if w == worker) for worker in range(self.num_workers)]
-            yield from self._real_batches(plan, order, done, starts)
-        for _ in range(max(done, len(order)), total):
-            yield filler_batch(**fill)
-
-    def _real_batches(self, plan, order, done, starts) -> Iterator[dict]:
-        if self.cfg.num_workers == 0:
-            for _, batch in _SlotRunner(self._dec, plan, self.rank, starts[0]):
+        while epochs is None or self._epoch < first_epoch + epochs:
+            plan = self.plan()
+            order, total = plan.rank_order(self.rank), plan.batches_per_rank()
+            if total == 0:
+                raise DataError(f"{self.shard_dir}: epoch {self._epoch} plans no batch at all")
+            while self._done < total:
+                if self._done < len(order):
+                    key = (self._epoch, *order[self._done])
+                    while key not in waiting:   # workers' batches arrive in the DataLoader's order: re-sort
+                        e, w, j, batch = next(source)
+                        waiting[(e, w, j)] = batch
+                    batch = waiting.pop(key)
+                else:
+                    batch = filler_batch(**fill)
+                self._done += 1
+                if self._done == total:
+                    self._epoch, self._done = self._epoch + 1, 0
                 yield batch
+                if self._done == 0:
+                    break
+
+    def _worker_batches(self, first_epoch: int, starts: list[int], epochs: int | None):
+        """(epoch, worker, batch index, batch) from the slot runners: in this process if num_workers is 0,
+        else from DataLoader workers that live as long as this iteration."""
+        if self.cfg.num_workers == 0:
+            epoch = first_epoch
+            while epochs is None or epoch < first_epoch + epochs:
+                plan = build_plan(self.spec, epoch, self.index["streams"], self.lengths)
+                for j, batch in _SlotRunner(self._dec, plan, self.rank, starts[0] if epoch == first_epoch else 0):
+                    yield epoch, 0, j, batch
+                epoch += 1
             return
-        loader = torch.utils.data.DataLoader(_RankEpoch(self._dec, plan, self.rank, starts), batch_size=None,
-                                             num_workers=self.num_workers, prefetch_factor=4)
-        waiting: dict[tuple[int, int], dict] = {}
-        position = done
-        for w, j, batch in loader:   # the DataLoader's order may differ from the plan's after a resume
-            waiting[(w, j)] = batch
-            while position < len(order) and order[position] in waiting:
-                yield waiting.pop(order[position])
-                position += 1
-        if position != len(order):
-            raise DataError(f"loader workers stopped after {position} of {len(order)} planned batches")
+        loader = torch.utils.data.DataLoader(_RankEpochs(self, first_epoch, starts, epochs), batch_size=None, num_workers=self.num_workers,
+                                             prefetch_factor=4)
+        yield from loader
 
     # -- state ------------------------------------------------------------------------------------------------
     def _spec_dict(self) -> dict:
