@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -120,6 +121,8 @@ class Pretrainer:
         data_cfg = replace(cfg.data, max_samples=micro_batch_size(self.ds_config, self.world))
         self.data_cfg = data_cfg
         self.stream = PretrainStream(data_cfg, self.tokenizer, rank=self.rank, world_size=self.world)
+        self.dev_stream = (PretrainStream(data_cfg, self.tokenizer, rank=self.rank, world_size=self.world, split="dev")
+                           if cfg.data.dev_shards else None)
         self.langs = list(getattr(model.config, "lang_codes", []) or [])
 
     # ---------------------------------------------------------------- helpers
@@ -148,15 +151,12 @@ class Pretrainer:
 
     # ---------------------------------------------------------------- dev loss
     def _dev_loss(self) -> float | None:
-        if not self.cfg.data.dev_shards:
+        if self.dev_stream is None:
             return None
-        from swcm.data.stream import PretrainStream
-
-        dev = PretrainStream(self.data_cfg, self.tokenizer, rank=self.rank, world_size=self.world, split="dev")
         sums = torch.zeros(2, dtype=torch.float64)
         self.engine.eval()
         with torch.no_grad():
-            for n, batch in enumerate(dev.one_epoch()):
+            for n, batch in enumerate(self.dev_stream.epoch_batches()):
                 if n >= self.cfg.train.dev_batches:
                     break
                 out = self.engine(**self._to_device(batch))
@@ -215,7 +215,9 @@ class Pretrainer:
         last_saved = step if self.resume else -1
         window = torch.zeros(4, dtype=torch.float64)  # tokens, samples, flops, time since last log
         window_start = time.perf_counter()
-        bar = tqdm(total=total, initial=step, desc="pretrain", disable=rank != 0, dynamic_ncols=True)
+        # In a log file (no terminal) a bar redrawn every step would bury the log: redraw every 30 s there.
+        bar = tqdm(total=total, initial=step, desc="pretrain", disable=rank != 0, dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 30)
         exit_code = 0
         while step < total:
             step_sums = torch.zeros(3, dtype=torch.float64)  # loss sum, scored tokens, all tokens (this rank)
