@@ -8,6 +8,8 @@ Steps: (1) a tokenizer (given, or the demo tokenizer trained on data/demo with l
 (2) prepare_data on --text into a temporary shard set, (3) one loader worker in the main process
 (num_workers=0) over --epochs epochs -- the per-worker figure -- and (4) the whole loader with --workers
 DataLoader workers. tokens/s counts the encoder + decoder tokens the trainer receives, padding excluded.
+Samples per CPU-second (main process + workers) is the per-core figure that holds on a shared machine,
+where wall-clock rates depend on what else runs; the 1-minute load average is recorded beside it.
 A row per measurement is appended to benchmarks/results/bench_data.csv. Target: >= 2,000 samples/s per core.
 """
 
@@ -16,6 +18,7 @@ import csv
 import datetime
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -57,18 +60,25 @@ def tokenizer_dir(args, tmp: Path) -> Path:
     return tmp / "tokenizer"
 
 
-def run(cfg, tokenizer, epochs: int) -> tuple[int, int, float]:
-    """Samples, tokens (non-padding encoder + decoder) and seconds for `epochs` epochs of rank 0 of 1."""
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the DataLoader workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def run(cfg, tokenizer, epochs: int) -> tuple[int, int, float, float]:
+    """Samples, tokens (non-padding encoder + decoder), wall seconds and CPU seconds (main + workers) for
+    `epochs` epochs of rank 0 of 1."""
     from swcm.data.stream import PretrainStream
 
     stream = PretrainStream(cfg, tokenizer, rank=0, world_size=1)
     samples = tokens = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     for _ in range(epochs):
         for batch in stream.epoch_batches():
             samples += len(batch["sample_id"])
             tokens += int(batch["attention_mask"].sum()) + int(batch["decoder_attention_mask"].sum())
-    return samples, tokens, time.perf_counter() - start
+    return samples, tokens, time.perf_counter() - start, cpu_seconds() - cpu
 
 
 def main(argv=None) -> int:
@@ -96,22 +106,25 @@ def main(argv=None) -> int:
         rows = []
         for workers in (0, args.workers):
             cfg = DataConfig(shards=str(tmp / "shards"), num_workers=workers, mt_ratio=0.0)
-            samples, tokens, seconds = run(cfg, tokenizer, args.epochs)
+            samples, tokens, seconds, cpu = run(cfg, tokenizer, args.epochs)
             per = max(1, workers)   # workers=0: the main process is the one worker
             rows.append({
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "git_sha": git_sha(), "versions": versions(), "cpu": platform.processor() or platform.machine(),
                 "cores": os.cpu_count(), "text": Path(args.text).name, "vocab": len(tokenizer),
                 "samples_in_set": index["totals"]["all"]["samples"], "workers": workers, "epochs": args.epochs,
-                "samples": samples, "tokens": tokens, "seconds": round(seconds, 3),
+                "load_avg_1m": round(os.getloadavg()[0], 2), "samples": samples, "tokens": tokens,
+                "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
                 "samples_per_s": round(samples / seconds, 1), "tokens_per_s": round(tokens / seconds),
                 "samples_per_s_per_worker": round(samples / seconds / per, 1),
-                "tokens_per_s_per_worker": round(tokens / seconds / per)})
+                "tokens_per_s_per_worker": round(tokens / seconds / per),
+                "samples_per_cpu_s": round(samples / cpu, 1), "tokens_per_cpu_s": round(tokens / cpu)})
             r = rows[-1]
             print(f"workers={workers} ({'in-process' if workers == 0 else 'DataLoader'}): {samples} samples, "
                   f"{tokens} tokens in {seconds:.2f}s -> {r['samples_per_s']:.0f} samples/s, {r['tokens_per_s']} "
                   f"tokens/s; per worker {r['samples_per_s_per_worker']:.0f} samples/s, "
-                  f"{r['tokens_per_s_per_worker']} tokens/s")
+                  f"{r['tokens_per_s_per_worker']} tokens/s; {r['samples_per_cpu_s']:.0f} samples and "
+                  f"{r['tokens_per_cpu_s']} tokens per CPU-second (load average {r['load_avg_1m']})")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     new = not out.exists()

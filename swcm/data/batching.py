@@ -44,7 +44,8 @@ def cut_batches(enc_len: np.ndarray, dec_len: np.ndarray, max_tokens: int, max_s
 def collate(encoder: list[np.ndarray], target: list[np.ndarray], tgt_tags: list[int], *, bos: int, eos: int,
             pad: int, multiple: int, task: list[str], src_lang: list[str], tgt_lang: list[str],
             sample_id: list[str]) -> dict:
-    """Build the batch dict from full encoder sequences and clean targets y (content ids only)."""
+    """Build the batch dict from full encoder sequences and clean targets y (content ids only), with int64
+    numpy arrays (cheap to pickle out of a worker; `to_tensors` makes the trainer's torch tensors)."""
     b = len(encoder)
     s = round_up(max(len(x) for x in encoder), multiple)
     t = round_up(max(len(y) for y in target) + 2, multiple)
@@ -62,9 +63,8 @@ def collate(encoder: list[np.ndarray], target: list[np.ndarray], tgt_tags: list[
         dec_attention[i, :n + 2] = 1
         labels[i, 1:n + 1] = y        # labels[t] is the token after decoder_input_ids[t]; labels[0] (<tgt>) unscored
         labels[i, n + 1] = eos
-    return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention),
-            "decoder_input_ids": torch.from_numpy(dec_in), "decoder_attention_mask": torch.from_numpy(dec_attention),
-            "labels": torch.from_numpy(labels), "task": task, "src_lang": src_lang, "tgt_lang": tgt_lang,
+    return {"input_ids": input_ids, "attention_mask": attention, "decoder_input_ids": dec_in,
+            "decoder_attention_mask": dec_attention, "labels": labels, "task": task, "src_lang": src_lang, "tgt_lang": tgt_lang,
             "sample_id": sample_id, "is_padding": False}
 
 
@@ -76,6 +76,14 @@ def filler_batch(*, bos: int, eos: int, pad: int, multiple: int) -> dict:
                     multiple=multiple, task=["dae"], src_lang=[""], tgt_lang=[""], sample_id=[""])
     batch["decoder_attention_mask"][0, 1] = 0   # the slot where a language tag would be is padding here
     batch["decoder_input_ids"][0, 1] = pad
-    batch["labels"].fill_(IGNORE)
+    batch["labels"].fill(IGNORE)
     batch["is_padding"] = True
     return batch
+
+
+TENSOR_KEYS = ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask", "labels")
+
+
+def to_tensors(batch: dict) -> dict:
+    """The batch with its arrays as torch tensors (zero-copy), as the trainer receives it."""
+    return {k: torch.from_numpy(v) if k in TENSOR_KEYS else v for k, v in batch.items()}

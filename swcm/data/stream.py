@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from swcm.data.batching import collate, filler_batch
+from swcm.data.batching import collate, filler_batch, to_tensors
 from swcm.data.noise import DenoisingNoise
 from swcm.data.plan import NOISE, EpochPlan, PlanSpec, build_plan, rng
 from swcm.data.shards import INDEX_NAME, DataError, check_shards, load_lengths, read_shard, shard_url
@@ -110,6 +110,10 @@ class _SlotRunner:
                 ids.append(meta["id"])
             yield j, collate(enc, tgt, tags, bos=d.bos, eos=d.eos, pad=d.pad, multiple=d.multiple, task=task,
                              src_lang=src_lang, tgt_lang=tgt_lang, sample_id=ids)
+
+
+def _as_is(item):
+    return item
 
 
 class _RankEpochs(torch.utils.data.IterableDataset):
@@ -237,7 +241,7 @@ class PretrainStream:
                 self._done += 1
                 if self._done == total:
                     self._epoch, self._done = self._epoch + 1, 0
-                yield batch
+                yield to_tensors(batch)
                 if self._done == 0:
                     break
 
@@ -252,8 +256,10 @@ class PretrainStream:
                     yield epoch, 0, j, batch
                 epoch += 1
             return
-        loader = torch.utils.data.DataLoader(_RankEpochs(self, first_epoch, starts, epochs), batch_size=None, num_workers=self.num_workers,
-                                             prefetch_factor=4)
+        # collate_fn=_as_is keeps the numpy arrays: pickled through the worker pipe they cost far less than
+        # torch's default of one shared-memory file per tensor.
+        loader = torch.utils.data.DataLoader(_RankEpochs(self, first_epoch, starts, epochs), batch_size=None,
+                                             collate_fn=_as_is, num_workers=self.num_workers, prefetch_factor=4)
         yield from loader
 
     # -- state ------------------------------------------------------------------------------------------------
