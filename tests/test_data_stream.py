@@ -198,9 +198,9 @@ def test_resume_in_process_across_epoch_boundary(shards, tokenizer, workers):
     assert resumed.epoch == 1 and reference[k + 3]["sample_id"] != reference[0]["sample_id"]
 
 
-def _inspect(shards, tokenizer, *extra):
+def _inspect(shards, tokenizer, *extra, rank="1"):
     cmd = [sys.executable, str(ROOT / "launch" / "inspect_data.py"), str(shards), "--tokenizer",
-           str(tokenizer.saved_dir), "--rank", "1", "--world-size", "2", "--num-workers", "2",
+           str(tokenizer.saved_dir), "--rank", rank, "--world-size", "2", "--num-workers", "2",
            "--set", "data.max_tokens=1024", "--set", "data.max_samples=16", "--set", "data.shuffle_buffer=50", *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -384,3 +384,18 @@ def test_dev_split_is_one_fixed_epoch(shards, tokenizer, stored):
     a, b = list(dev), list(dev.epoch_batches())
     assert all(same_batch(x, y) for x, y in zip(a, b)) and len(a) == len(b)
     assert sorted(i for x in a for i in x["sample_id"]) == sorted(stored)
+
+
+
+def test_inspect_one_epoch_per_rank_through_pipe_urls_covers_the_set(shards, tokenizer, stored):
+    """inspect_data.py --epochs 1 on each of 2 ranks, shards read through `pipe:cat` URLs: together exactly the
+    shard set's samples, each once, and both ranks print the same number of batches."""
+    overrides = ["--set", "data.alpha=1.0", "--set", f"data.mt_ratio={natural_mt_ratio(shards)!r}",
+                 "--set", f"data.shard_url_prefix=pipe:cat {shards}/"]
+    seen, batches = [], []
+    for rank in ("0", "1"):
+        lines = _inspect(shards, tokenizer, "--epochs", "1", *overrides, rank=rank)
+        seen += [line["sample_id"] for line in lines if "sample_id" in line]
+        batches.append(len({line["batch"] for line in lines}))
+    assert len(seen) == len(set(seen)) and set(seen) == set(stored)
+    assert batches[0] == batches[1]
