@@ -399,3 +399,10 @@ def test_inspect_one_epoch_per_rank_through_pipe_urls_covers_the_set(shards, tok
         batches.append(len({line["batch"] for line in lines}))
     assert len(seen) == len(set(seen)) and set(seen) == set(stored)
     assert batches[0] == batches[1]
+
+
+@pytest.mark.parametrize("setting,match", [({"mt_ratio": 1.5}, "mt_ratio"), ({"max_tokens": 0}, "max_tokens"),
+                                           ({"mask_ratio": 1.0}, "mask_ratio")])
+def test_unusable_settings_are_data_errors(shards, tokenizer, setting, match):
+    with pytest.raises(DataError, match=match):
+        PretrainStream(cfg_for(shards, **setting), tokenizer, rank=0, world_size=1)

@@ -137,6 +137,14 @@ class _RankEpochs(torch.utils.data.IterableDataset):
             epoch += 1
 
 
+def _check_settings(cfg) -> None:
+    """DataError naming the first data.* setting the loader cannot use."""
+    for key, low in (("max_tokens", 1), ("max_samples", 1), ("pad_to_multiple", 1), ("shuffle_buffer", 1),
+                     ("bucket_batches", 1), ("num_workers", 0)):
+        if getattr(cfg, key) < low:
+            raise DataError(f"data.{key} {getattr(cfg, key)}: expected an integer >= {low}")
+
+
 class PretrainStream:
     """Mixed DAE + MT batches for one rank of a `world_size`-rank job (see the module docstring).
 
@@ -151,9 +159,11 @@ class PretrainStream:
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is outside world size {world_size}")
         self.cfg, self.rank, self.world_size, self.split = cfg, rank, world_size, split
-        self.shard_dir = Path(cfg.shards if split == "train" else cfg.dev_shards)
-        if not str(cfg.shards if split == "train" else cfg.dev_shards):
+        _check_settings(cfg)
+        where = cfg.shards if split == "train" else cfg.dev_shards
+        if not where:
             raise DataError(f"data.{'shards' if split == 'train' else 'dev_shards'} is not set")
+        self.shard_dir = Path(where)
         self.index = check_shards(self.shard_dir, tokenizer, url_prefix=cfg.shard_url_prefix)
         self.index_sha256 = hashlib.sha256((self.shard_dir / INDEX_NAME).read_bytes()).hexdigest()
         self.lengths = load_lengths(self.shard_dir, self.index)
@@ -162,17 +172,22 @@ class PretrainStream:
                              world_size=world_size, num_workers=self.num_workers, shuffle_buffer=cfg.shuffle_buffer,
                              max_tokens=cfg.max_tokens, max_samples=cfg.max_samples,
                              pad_to_multiple=cfg.pad_to_multiple, bucket_batches=cfg.bucket_batches)
-        noise = DenoisingNoise(tokenizer.mask_token_id, cfg.mask_ratio, cfg.poisson_lambda, cfg.permute_sentences,
-                               sentence_end_table(tokenizer))
+        self._epoch, self._done = 0, 0
+        self._plan: EpochPlan | None = None
+        try:
+            noise = DenoisingNoise(tokenizer.mask_token_id, cfg.mask_ratio, cfg.poisson_lambda,
+                                   cfg.permute_sentences, sentence_end_table(tokenizer))
+            reads = self.plan().reads   # plan epoch 0 now, so that bad mixing settings fail here
+        except ValueError as e:
+            raise DataError(str(e)) from None
         self._dec = _Decoder(str(self.shard_dir), cfg.shard_url_prefix, self.index["shards"],
                              sorted(self.index["streams"]), self.index["tokenizer"]["lang_tags"],
                              tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
                              cfg.pad_to_multiple, noise, cfg.seed)
-        self._epoch, self._done = 0, 0
-        self._plan: EpochPlan | None = None
         total = self.index["totals"]["all"]
-        log.info("%s stream rank %d/%d, %d workers: %d shards, %d samples in %d streams", split, rank, world_size,
-                 self.num_workers, len(self.index["shards"]), total["samples"], len(self.index["streams"]))
+        log.info("%s stream rank %d/%d, %d workers: %d shards, %d samples in %d streams; reads per epoch %s",
+                 split, rank, world_size, self.num_workers, len(self.index["shards"]), total["samples"],
+                 len(self.index["streams"]), reads)
 
     # -- plan -------------------------------------------------------------------------------------------------
     @property
@@ -288,7 +303,7 @@ class PretrainStream:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state` (from `state_dict`, possibly of another rank); the next batch is the one an
-        uninterrupted run would yield. DataError if the state was made with another shard set or settings."""
+        uninterrupted run would yield (call it before iterating; a running iterator keeps its own position). DataError if the state was made with another shard set or settings."""
         if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
             raise DataError(f"loader state: expected format {STATE_FORMAT!r} version {STATE_VERSION}, got "
                             f"{state.get('format')!r} version {state.get('version')!r}")
