@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,6 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 from webdataset import tariterators
-
-log = logging.getLogger(__name__)
 
 INDEX_NAME = "index.json"
 LENGTHS_NAME = "lengths.npz"
@@ -161,8 +158,6 @@ def read_shard(url: str, *, expect_sha256: str | None = None, expect_samples: in
     try:
         files = ({**f, "__url__": url} for f in tariterators.tar_file_iterator(io.BytesIO(blob)))
         samples = [_decode_sample(s) for s in tariterators.group_by_keys(files)]
-    except DataError:
-        raise
     except Exception as e:  # tarfile.ReadError, EOFError, KeyError from a malformed member set
         raise DataError(f"shard {url}: not a readable webdataset tar ({type(e).__name__}: {e})") from None
     if expect_samples is not None and len(samples) != expect_samples:

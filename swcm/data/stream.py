@@ -48,7 +48,6 @@ class _Decoder:
     shard_dir: str
     url_prefix: str
     shards: dict            # name -> index entry (sha256, samples)
-    stream_names: list
     lang_tags: dict
     bos: int
     eos: int
@@ -181,7 +180,7 @@ class PretrainStream:
         except ValueError as e:
             raise DataError(str(e)) from None
         self._dec = _Decoder(str(self.shard_dir), cfg.shard_url_prefix, self.index["shards"],
-                             sorted(self.index["streams"]), self.index["tokenizer"]["lang_tags"],
+                             self.index["tokenizer"]["lang_tags"],
                              tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
                              cfg.pad_to_multiple, noise, cfg.seed)
         total = self.index["totals"]["all"]
