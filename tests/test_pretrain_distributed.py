@@ -262,15 +262,21 @@ def test_tensorboard_holds_every_scalar_at_the_right_steps(reference_runs):
 
 
 @pytest.mark.parametrize("case", ["missing_shards", "tokenizer_mismatch", "unknown_key", "bad_batch"])
-def test_bad_input_fails_before_training(assets, demo_tokenizer_dir, tmp_path, case):
+def test_bad_input_fails_before_training(assets, tmp_path, case):
     cfg = json.loads((assets / "run.json").read_text())
     ds = ROOT / "ds_configs" / "zero0.json"
     if case == "missing_shards":
         cfg["data"]["shards"] = str(tmp_path / "nowhere")
         expect = "nowhere"
     elif case == "tokenizer_mismatch":
+        from swcm.assets import build_demo_tokenizer
+        from swcm.tokenization import add_language_tags
+
+        tok = build_demo_tokenizer(tmp_path / "other_tokenizer", vocab_size=1500)  # not the model's tokenizer
+        add_language_tags(tok)
+        tok.save_pretrained(str(tmp_path / "other_tokenizer"))
         other = tmp_path / "other_shards"
-        _run([PY, "launch/prepare_data.py", "--tokenizer", demo_tokenizer_dir, "--out", other,
+        _run([PY, "launch/prepare_data.py", "--tokenizer", tmp_path / "other_tokenizer", "--out", other,
               "--mono", f"zh={assets / 'text' / 'zh.txt'}"])
         cfg["data"]["shards"] = str(other)
         expect = "fingerprint"

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import signal
 from pathlib import Path
 from typing import Iterator
 
@@ -109,6 +110,14 @@ class _SlotRunner:
                 ids.append(meta["id"])
             yield j, collate(enc, tgt, tags, bos=d.bos, eos=d.eos, pad=d.pad, multiple=d.multiple, task=task,
                              src_lang=src_lang, tgt_lang=tgt_lang, sample_id=ids)
+
+
+def _worker_ignores_stop_signals(_worker_id: int) -> None:
+    """Loader workers leave SIGTERM/SIGINT to the training process: schedulers (SLURM, the DeepSpeed launcher) and
+    Ctrl-C signal the whole process tree, and a worker dying first would abort the checkpoint the trainer is
+    about to write. The trainer shuts the workers down when it exits."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _as_is(item):
@@ -273,7 +282,11 @@ class PretrainStream:
         # collate_fn=_as_is keeps the numpy arrays: pickled through the worker pipe they cost far less than
         # torch's default of one shared-memory file per tensor.
         loader = torch.utils.data.DataLoader(_RankEpochs(self, first_epoch, starts, epochs), batch_size=None,
-                                             collate_fn=_as_is, num_workers=self.num_workers, prefetch_factor=4)
+                                             collate_fn=_as_is, num_workers=self.num_workers, prefetch_factor=4,
+                                             worker_init_fn=_worker_ignores_stop_signals,
+                                             # its own generator: drawing the workers' base seed from the global
+                                             # one would shift the model's dropout masks after a resume
+                                             generator=torch.Generator().manual_seed(self.cfg.seed))
         yield from loader
 
     # -- state ------------------------------------------------------------------------------------------------

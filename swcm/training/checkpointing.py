@@ -58,7 +58,8 @@ def _rng_state() -> dict:
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> None:
+    """Restore the torch (and CUDA) RNG states saved with a checkpoint."""
     def decode(s):
         return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
 
@@ -91,10 +92,12 @@ def save(engine, root: Path, step: int, *, loader_state: dict, run_state: dict, 
     return ckpt
 
 
-def load_latest(engine, root: Path) -> tuple[int, dict, dict] | None:
-    """Load the newest complete checkpoint under `root` into `engine` and restore this rank's RNG state.
+def load_latest(engine, root: Path) -> tuple[int, dict, dict, dict] | None:
+    """Load the newest complete checkpoint under `root` into `engine`.
 
-    Returns (step, run_state, loader_state), or None when there is no complete checkpoint.
+    Returns (step, run_state, loader_state, rng_state), or None when there is no complete checkpoint. The
+    caller restores `rng_state` (with `set_rng_state`) right before the first training step, so that nothing
+    run in between (data-loader start-up, benchmarks) shifts the dropout masks.
     """
     found = complete_checkpoints(root)
     if not found:
@@ -110,6 +113,5 @@ def load_latest(engine, root: Path) -> tuple[int, dict, dict] | None:
     if client is None:
         raise RuntimeError(f"{ckpt}: DeepSpeed could not load this checkpoint")
     per_rank = json.loads((ckpt / f"swcm_rank{rank}.json").read_text())
-    _set_rng_state(per_rank["rng"])
     log.info("resumed from %s (step %d)", ckpt, step)
-    return step, client["swcm"], per_rank["loader"]
+    return step, client["swcm"], per_rank["loader"], per_rank["rng"]

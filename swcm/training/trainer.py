@@ -176,11 +176,11 @@ class Pretrainer:
         cfg, rank = self.cfg, self.rank
         total = max_steps or cfg.train.max_steps
         ckpt_root = self.out / "checkpoints"
-        step = 0
+        step, rng_state = 0, None
         if self.resume:
             loaded = checkpointing.load_latest(self.engine, ckpt_root)
             if loaded is not None:
-                step, _, loader_state = loaded
+                step, _, loader_state, rng_state = loaded
                 self.stream.load_state_dict(loader_state)
             elif rank == 0:
                 log.info("--resume: no complete checkpoint in %s, starting from step 0", ckpt_root)
@@ -225,6 +225,9 @@ class Pretrainer:
             micro, grad_norm = 0, None
             while micro < self.gas:
                 batch = next(batches)
+                if rng_state is not None:  # now: the loader has started, nothing else draws before dropout
+                    checkpointing.set_rng_state(rng_state)
+                    rng_state = None
                 inputs = self._to_device(batch)
                 out = self.engine(**inputs)
                 if self._any_rank(not torch.isfinite(out.loss).item()):
