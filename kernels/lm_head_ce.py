@@ -46,10 +46,11 @@ _BLOCK_V, _NUM_WARPS = (512, 1) if _INTERPRETED else (8192, 8)
 
 # Lower bound on rows per chunk. Every chunk does a read-modify-write of the V x H fp32 weight
 # gradient (8 bytes per element) next to 6 * rows FLOPs per element for its three matmuls
-# (logits, grad_hidden, grad_weight), i.e. 0.75 * rows FLOP per byte of that traffic. A 2-core CPU
-# does ~100 GFLOP/s fp32 against ~10 GB/s, an H100 ~50 TFLOP/s (tf32/bf16 much more) against
-# ~3 TB/s; 1024 rows keeps the extra traffic well under the matmul time on both (measured on CPU in
-# docs/kernels.md: 256 rows was ~1.1x slower than 1024 at V = 250,002).
+# (logits, grad_hidden, grad_weight), i.e. 0.75 * rows FLOP per byte of that traffic; skinny chunks
+# also run the matmuls below peak. Measured on this project's 2-core CPU at N = 4096, H = 768,
+# V = 250,002 (fp32, one noisy run each): 128 and 256 rows took 41 s, 512 -> 30 s, 1024 -> 34 s,
+# 2048 -> 22 s per step, naive 72 s; 1024 rows keep the chunk's logits at 1.0 GB (peak 1.8 GB
+# against the naive 12 GB) while staying in the fast range.
 _MIN_CHUNK_ROWS = 1024
 
 
@@ -251,7 +252,7 @@ def fused_linear_cross_entropy(hidden, weight, labels, bias=None, *, ignore_inde
     compute_grads = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hidden, weight, bias))
     loss, token_losses = FusedLinearCrossEntropyFunction.apply(
-        hidden.contiguous(), weight.contiguous(), bias, labels.contiguous(), int(ignore_index),
+        hidden.contiguous(), weight.contiguous(), bias, labels.long().contiguous(), int(ignore_index),
         float(label_smoothing), max(1, int(chunk_size)), use_triton, compute_grads)
     return (loss, token_losses) if return_token_losses else loss
 
