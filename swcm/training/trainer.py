@@ -105,7 +105,6 @@ class Pretrainer:
         model.config.label_smoothing = cfg.train.label_smoothing
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        torch.manual_seed(cfg.train.seed + self.rank)  # dropout differs per rank, reproducibly
         self.model_config = model.config
         self.n_params = sum(p.numel() for p in model.parameters())
 
@@ -212,6 +211,7 @@ class Pretrainer:
         tracker = LossTracker(TASKS, self.langs)
         batches = iter(self.stream)
         nonfinite_in_a_row = 0
+        rng_seeded = False
         last_saved = step if self.resume else -1
         window = torch.zeros(4, dtype=torch.float64)  # tokens, samples, flops, time since last log
         window_start = time.perf_counter()
@@ -225,9 +225,14 @@ class Pretrainer:
             micro, grad_norm = 0, None
             while micro < self.gas:
                 batch = next(batches)
-                if rng_state is not None:  # now: the loader has started, nothing else draws before dropout
-                    checkpointing.set_rng_state(rng_state)
-                    rng_state = None
+                if not rng_seeded:
+                    # Dropout RNG is set here, after the engine and the loader have started (ZeRO-3's set-up and
+                    # loader workers may draw from it), so every stage and every resume sees the same masks.
+                    if rng_state is not None:
+                        checkpointing.set_rng_state(rng_state)
+                    else:
+                        torch.manual_seed(cfg.train.seed + rank)  # dropout differs per rank, reproducibly
+                    rng_seeded = True
                 inputs = self._to_device(batch)
                 out = self.engine(**inputs)
                 if self._any_rank(not torch.isfinite(out.loss).item()):
