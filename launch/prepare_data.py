@@ -52,8 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="output directory for shards, lengths.npz and index.json")
     p.add_argument("--max-len", type=int, default=256,
                    help="max tokens of a sample including <s> <lang> </s> (default 256, the paper's length)")
-    p.add_argument("--samples-per-shard", type=int, default=10_000,
-                   help="samples per tar shard (default 10000, a few MB: many shards per worker, cheap to fetch)")
+    p.add_argument("--samples-per-shard", type=int, default=2_000,
+                   help="samples per tar shard (default 2000, 1-5 MB: even a low-resource corpus of a few tens of "
+                        "MB then has enough shards to spread over ranks x loader workers)")
     p.add_argument("--workers", type=int, default=None,
                    help="threads the Rust tokenizer uses for batch encoding (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing shard set in --out")

@@ -20,12 +20,13 @@ def round_up(n: int | np.ndarray, multiple: int):
     return -(-n // multiple) * multiple
 
 
-def cut_batches(enc_len: np.ndarray, dec_len: np.ndarray, max_tokens: int, max_samples: int,
+def cut_batches(enc_len: np.ndarray, dec_len: np.ndarray, group: np.ndarray, max_tokens: int, max_samples: int,
                 multiple: int) -> list[np.ndarray]:
-    """Bucket one window of samples: sort by (encoder, decoder) length, then cut greedily so that every batch
-    has at most `max_samples` samples and B * (S + T) <= max_tokens after padding to `multiple` (a sample
-    alone over budget forms a batch of one). Returns index arrays into the window, shortest batch first."""
-    order = np.lexsort((dec_len, enc_len))
+    """Bucket one window of samples: sort by (group, encoder length, decoder length), then cut greedily so that
+    every batch has at most `max_samples` samples and B * (S + T) <= max_tokens after padding to `multiple` (a
+    sample alone over budget forms a batch of one). Samples of one group have like-shaped (S, T) -- e.g. DAE,
+    and each MT direction -- so grouping them first keeps padding low. Returns index arrays into the window."""
+    order = np.lexsort((dec_len, enc_len, group))
     batches, current = [], []
     max_e = max_d = 0
     for i in order:

@@ -10,13 +10,13 @@ Steps for epoch e:
 1. reads per stream from the mixing weights (`mixing.epoch_reads`);
 2. per stream, passes over its shards, each pass a fresh seeded shard permutation, cut at that many reads:
    units = (shard, first sample, end sample);
-3. units dealt to the R x W slots, largest first (token count), each to the least loaded slot, ties broken by a
-   seeded permutation; if there are fewer units than slots, the largest units are halved until there are
-   enough (a logged fallback: the slots then read disjoint ranges of a shard);
+3. units dealt, largest first (token count), to the least loaded rank and then to that rank's least loaded
+   worker, ties broken by a seeded permutation; if there are fewer units than slots, the largest units are
+   halved until there are enough (a logged fallback: the slots then read disjoint ranges of a shard);
 4. per slot and stream, the unit samples in order, shuffled in blocks of `shuffle_buffer`;
 5. per slot, the streams interleaved by a seeded shuffle of the multiset of its reads (exact counts);
-6. per slot, windows of max_samples * bucket_batches samples bucketed by length (`batching.cut_batches`),
-   batch order shuffled within the window;
+6. per slot, windows of max_samples * bucket_batches samples bucketed by task/direction and length
+   (`batching.cut_batches`), batch order shuffled within the window;
 7. per rank, its slots' batches taken round-robin (worker 0, 1, ..., skipping finished workers).
 """
 
@@ -38,6 +38,11 @@ SHARD_ORDER, ASSIGN, BLOCK, MIX, DIRECTION, BATCH_ORDER, NOISE = range(1, 8)
 
 SPECIALS_ENCODER, SPECIALS_DECODER = 3, 2   # <s> <lang> x </s>;  <s> <lang> y (labels: y </s>)
 
+# Dealing whole shards to ranks leaves the ranks' work uneven by up to one shard; with at least this many
+# units per slot (halving the largest shards into sample ranges where needed) the ranks' batch counts, and so
+# the filler batches, stay within a few percent. A split shard is read (whole) by each slot holding a part.
+UNITS_PER_SLOT = 8
+
 
 def rng(seed: int, *key: int) -> np.random.Generator:
     """The generator for one decision, a pure function of the seed and the integer key."""
@@ -51,7 +56,7 @@ class Unit:
     stream: int
     start: int
     stop: int
-    tokens: int
+    tokens: int      # its batch cost in padded tokens (see _unit_tokens)
 
 
 @dataclass
@@ -116,7 +121,9 @@ def build_plan(spec: PlanSpec, epoch: int, streams: dict[str, dict], lengths: di
     units = _units(spec, epoch, names, streams, lengths, reads)
     num_slots = spec.world_size * spec.num_workers
     if len(units) < num_slots:
-        units = _split_units(units, num_slots, lengths)
+        log.warning("only %d shard reads for %d (rank, worker) slots: splitting shards into sample ranges so that "
+                    "every slot reads (more shards than ranks x workers avoid this)", len(units), num_slots)
+    units = _split_units(units, UNITS_PER_SLOT * num_slots, lengths)
     per_slot = _assign(spec, epoch, units, num_slots)
     parallel = np.array([streams[s]["task"] == PARALLEL for s in names])
     slots = [_slot_plan(spec, epoch, slot, [units[u] for u in per_slot[slot]], per_slot[slot], len(names),
@@ -125,7 +132,11 @@ def build_plan(spec: PlanSpec, epoch: int, streams: dict[str, dict], lengths: di
 
 
 def _unit_tokens(shard: str, start: int, stop: int, lengths: dict[str, np.ndarray]) -> int:
-    return int(lengths[shard][start:stop].sum())
+    """The unit's batch cost: encoder + decoder lengths with their special tokens, each padded to a multiple
+    of 8 (what a sample costs in a batch; raw token counts undercount streams of short samples)."""
+    n = lengths[shard][start:stop]
+    src, tgt = (n, n) if n.ndim == 1 else (n[:, 0], n[:, 1])
+    return int((-(-(src + SPECIALS_ENCODER) // 8) * 8).sum() + (-(-(tgt + SPECIALS_DECODER) // 8) * 8).sum())
 
 
 def _units(spec, epoch, names, streams, lengths, reads) -> list[Unit]:
@@ -144,11 +155,10 @@ def _units(spec, epoch, names, streams, lengths, reads) -> list[Unit]:
     return units
 
 
-def _split_units(units: list[Unit], num_slots: int, lengths) -> list[Unit]:
-    """Halve the largest units until there are `num_slots` of them (or every unit is a single sample)."""
-    before = len(units)
+def _split_units(units: list[Unit], target: int, lengths) -> list[Unit]:
+    """Halve the largest units until there are `target` of them (or every unit is a single sample)."""
     units = list(units)
-    while len(units) < num_slots:
+    while len(units) < target:
         big = max(range(len(units)), key=lambda i: (units[i].stop - units[i].start, -i))
         u = units[big]
         if u.stop - u.start < 2:
@@ -156,21 +166,29 @@ def _split_units(units: list[Unit], num_slots: int, lengths) -> list[Unit]:
         mid = (u.start + u.stop) // 2
         units[big:big + 1] = [Unit(u.shard, u.stream, u.start, mid, _unit_tokens(u.shard, u.start, mid, lengths)),
                               Unit(u.shard, u.stream, mid, u.stop, _unit_tokens(u.shard, mid, u.stop, lengths))]
-    log.warning("only %d shard reads for %d (rank, worker) slots: split shards into %d sample ranges so that "
-                "every slot reads (more shards than ranks x workers avoid this)", before, num_slots, len(units))
     return units
 
 
+def _deal(unit_ids: list[int], units: list[Unit], bins: int) -> list[list[int]]:
+    """Longest-processing-time dealing: each unit (in the given order) to the bin with the fewest tokens."""
+    heap = [(0, b) for b in range(bins)]
+    out: list[list[int]] = [[] for _ in range(bins)]
+    for u in unit_ids:
+        load, b = heapq.heappop(heap)
+        out[b].append(u)
+        heapq.heappush(heap, (load + units[u].tokens, b))
+    return out
+
+
 def _assign(spec, epoch, units, num_slots) -> list[list[int]]:
+    """Units per slot: dealt to ranks first (rank totals decide the filler batches), then to each rank's
+    workers; largest units first, ties in a seeded order; each slot then reads its units in that seeded order."""
     tiebreak = rng(spec.seed, ASSIGN, epoch).permutation(len(units))
     order = sorted(range(len(units)), key=lambda u: (-units[u].tokens, tiebreak[u]))
-    heap = [(0, slot) for slot in range(num_slots)]
-    per_slot: list[list[int]] = [[] for _ in range(num_slots)]
-    for u in order:
-        load, slot = heapq.heappop(heap)
-        per_slot[slot].append(u)
-        heapq.heappush(heap, (load + units[u].tokens, slot))
-    for slot in per_slot:   # read a slot's units in a seeded order, not largest first
+    per_slot = []
+    for rank_units in _deal(order, units, spec.world_size):
+        per_slot.extend(_deal(rank_units, units, spec.num_workers))
+    for slot in per_slot:
         slot.sort(key=lambda u: tiebreak[u])
     return per_slot
 
@@ -214,10 +232,11 @@ def _slot_plan(spec, epoch, slot, units, unit_ids, n_streams, parallel, lengths)
             src, tgt = np.where(f, lens[:, 1], lens[:, 0]), np.where(f, lens[:, 0], lens[:, 1])
         enc_len[sel] = src + SPECIALS_ENCODER
         dec_len[sel] = tgt + SPECIALS_DECODER
+    shape = is_parallel.astype(np.int64) + flip   # 0 DAE, 1 MT as stored, 2 MT reversed: like-shaped batches
     window = spec.max_samples * spec.bucket_batches
     batches = []
     for w, a in enumerate(range(0, len(labels), window)):
-        cut = cut_batches(enc_len[a:a + window], dec_len[a:a + window], spec.max_tokens, spec.max_samples,
-                          spec.pad_to_multiple)
+        cut = cut_batches(enc_len[a:a + window], dec_len[a:a + window], shape[a:a + window], spec.max_tokens,
+                          spec.max_samples, spec.pad_to_multiple)
         batches.extend(cut[i] + a for i in rng(spec.seed, BATCH_ORDER, epoch, slot, w).permutation(len(cut)))
     return SlotPlan(unit, offset, labels, flip, batches)

@@ -342,7 +342,7 @@ def _iter_sizes(paths: list[Path]) -> Iterator[int]:
 
 def prepare(tokenizer_dir: str | Path, out_dir: str | Path, *, mono: list[tuple[str, str]] = (),
             parallel: list[tuple[str, str, str, str]] = (), parallel_jsonl: list[str] = (), max_len: int = 256,
-            samples_per_shard: int = 10_000, overwrite: bool = False, args: list[str] | None = None,
+            samples_per_shard: int = 2_000, overwrite: bool = False, args: list[str] | None = None,
             show_progress: bool = True) -> dict:
     """Build a shard set in `out_dir` and return its index.
 

@@ -252,6 +252,9 @@ class PretrainStream:
             order, total = plan.rank_order(self.rank), plan.batches_per_rank()
             if total == 0:
                 raise DataError(f"{self.shard_dir}: epoch {self._epoch} plans no batch at all")
+            if self._done == 0:
+                log.info("%s epoch %d, rank %d: %d batches + %d fillers (the longest rank has %d)", self.split,
+                         self._epoch, self.rank, len(order), total - len(order), total)
             while self._done < total:
                 if self._done < len(order):
                     key = (self._epoch, *order[self._done])
