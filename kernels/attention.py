@@ -34,9 +34,10 @@ raises ``RuntimeError`` so callers can fall back to ``torch.nn.functional.scaled
 
 Tested
 ------
-On CPU under the interpreter by tests/test_kernel_attention.py (fp32 and fp16; bf16 forward and
-backward too, since the interpreter path does every dot in fp32). The GPU-only tests in that file
-(D = 128, T = 1025, bf16) have not been run yet: see docs/kernels.md.
+On CPU under the interpreter by tests/test_kernel_attention.py: T in {1, 17, 97}, Tq/Tk = 17/33 and
+33/17, D in {32, 64}, causal or not, padded or not, fp32, fp16 and bf16 (bf16 works there because the
+interpreter path upcasts dot operands and rounds bf16 stores to nearest even by hand). The compiled
+CUDA path and the GPU-only tests (D = 128, T = 1025) have not been run yet: see docs/kernels.md.
 """
 
 import math
@@ -107,7 +108,7 @@ if triton is not None:
                          DOT_PRECISION: tl.constexpr, ROUND_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
                          BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
         pid_m = tl.program_id(0)
-        bh = tl.program_id(1)
+        bh = tl.program_id(1).to(tl.int64)  # bh * T * D can pass 2**31 elements
         batch = bh // n_heads
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
@@ -153,7 +154,7 @@ if triton is not None:
     def _attn_bwd_delta_kernel(O, DO, DELTA, seq_q, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
         """delta_i = sum_d O[i, d] * dO[i, d], the row term of the softmax backward."""
         pid_m = tl.program_id(0)
-        bh = tl.program_id(1)
+        bh = tl.program_id(1).to(tl.int64)  # bh * T * D can pass 2**31 elements
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs = bh * seq_q * HEAD_DIM + rows[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :]
         o = tl.load(O + offs, mask=rows[:, None] < seq_q, other=0.0).to(tl.float32)
@@ -168,7 +169,7 @@ if triton is not None:
                               BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
         """One program per key block: loop over query blocks, accumulate dK and dV in registers."""
         pid_n = tl.program_id(0)
-        bh = tl.program_id(1)
+        bh = tl.program_id(1).to(tl.int64)  # bh * T * D can pass 2**31 elements
         batch = bh // n_heads
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_m = tl.arange(0, BLOCK_M)
@@ -211,7 +212,7 @@ if triton is not None:
                             BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
         """One program per query block: loop over key blocks, accumulate dQ in registers."""
         pid_m = tl.program_id(0)
-        bh = tl.program_id(1)
+        bh = tl.program_id(1).to(tl.int64)  # bh * T * D can pass 2**31 elements
         batch = bh // n_heads
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
