@@ -38,11 +38,6 @@ SHARD_ORDER, ASSIGN, BLOCK, MIX, DIRECTION, BATCH_ORDER, NOISE = range(1, 8)
 
 SPECIALS_ENCODER, SPECIALS_DECODER = 3, 2   # <s> <lang> x </s>;  <s> <lang> y (labels: y </s>)
 
-# Dealing whole shards to ranks leaves the ranks' work uneven by up to one shard; with at least this many
-# units per slot (halving the largest shards into sample ranges where needed) the ranks' batch counts, and so
-# the filler batches, stay within a few percent. A split shard is read (whole) by each slot holding a part.
-UNITS_PER_SLOT = 8
-
 
 def rng(seed: int, *key: int) -> np.random.Generator:
     """The generator for one decision, a pure function of the seed and the integer key."""
@@ -123,7 +118,7 @@ def build_plan(spec: PlanSpec, epoch: int, streams: dict[str, dict], lengths: di
     if len(units) < num_slots:
         log.warning("only %d shard reads for %d (rank, worker) slots: splitting shards into sample ranges so that "
                     "every slot reads (more shards than ranks x workers avoid this)", len(units), num_slots)
-    units = _split_units(units, UNITS_PER_SLOT * num_slots, lengths)
+        units = _split_units(units, num_slots, lengths)
     per_slot = _assign(spec, epoch, units, num_slots)
     parallel = np.array([streams[s]["task"] == PARALLEL for s in names])
     slots = [_slot_plan(spec, epoch, slot, [units[u] for u in per_slot[slot]], per_slot[slot], len(names),

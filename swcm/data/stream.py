@@ -67,19 +67,22 @@ class _SlotRunner:
         self.start = start
         remaining = np.concatenate(self.sp.batches[start:]) if start < len(self.sp.batches) else np.zeros(0, int)
         units, counts = np.unique(self.sp.unit[remaining], return_counts=True)
-        self.pending = dict(zip(units.tolist(), counts.tolist()))   # unit -> samples still to serve
-        self.loaded: dict[int, list] = {}
+        self.pending: dict[str, int] = {}   # shard -> samples still to serve from it (over all its units here)
+        for u, n in zip(units.tolist(), counts.tolist()):
+            shard = plan.units[u].shard
+            self.pending[shard] = self.pending.get(shard, 0) + n
+        self.loaded: dict[str, list] = {}
 
     def _sample(self, unit_id: int, offset: int) -> dict:
-        if unit_id not in self.loaded:
-            u = self.plan.units[unit_id]
-            info = self.dec.shards[u.shard]
-            self.loaded[unit_id] = read_shard(shard_url(self.dec.shard_dir, u.shard, self.dec.url_prefix),
-                                              expect_sha256=info["sha256"], expect_samples=info["samples"])
-        sample = self.loaded[unit_id][offset]
-        self.pending[unit_id] -= 1
-        if self.pending[unit_id] == 0:   # the unit is served: free its shard's samples
-            del self.loaded[unit_id]
+        shard = self.plan.units[unit_id].shard
+        if shard not in self.loaded:
+            info = self.dec.shards[shard]
+            self.loaded[shard] = read_shard(shard_url(self.dec.shard_dir, shard, self.dec.url_prefix),
+                                            expect_sha256=info["sha256"], expect_samples=info["samples"])
+        sample = self.loaded[shard][offset]
+        self.pending[shard] -= 1
+        if self.pending[shard] == 0:   # every planned read of this shard is served: free its samples
+            del self.loaded[shard]
         return sample
 
     def __iter__(self) -> Iterator[tuple[int, dict]]:
