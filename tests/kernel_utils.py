@@ -6,7 +6,14 @@ precision as the kernel's inputs, plus a small absolute floor per dtype (the flo
 the same-precision baseline happens to be almost exact, e.g. tiny sequences).
 
 Fused LM head + CE: |actual - expected| <= atol + rtol * max|expected| elementwise-max, per dtype.
+
+Also: run_without_interpreter + COMPILE_SM90_PRELUDE, to compile the CUDA kernels on a CPU machine.
 """
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -45,3 +52,36 @@ def assert_close_table(name, actual, expected, dtype):
     bound = atol + rtol * expected.detach().double().abs().max().item()
     assert err <= bound, f"{name}: max abs err {err:.3e} > {bound:.3e} (atol {atol}, rtol {rtol}, {dtype})"
     return err
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Prelude for run_without_interpreter scripts: compile a @triton.jit kernel for an H100 (sm_90)
+# without a GPU. Triton lowers to PTX and runs its bundled ptxas, so compiled-mode-only errors that
+# the interpreter accepts (loop-carried types, dot shapes, shared memory) show up on a CPU machine.
+COMPILE_SM90_PRELUDE = '''
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+H100_MAX_SHARED_BYTES = 227 * 1024  # dynamic shared memory per block on sm_90
+
+
+def compile_sm90(fn, signature, constexprs, **options):
+    src = ASTSource(fn=fn, signature={**signature, **{k: "constexpr" for k in constexprs}}, constexprs=constexprs)
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+    assert kernel.metadata.shared <= H100_MAX_SHARED_BYTES, (fn.__name__, kernel.metadata.shared)
+    print(fn.__name__, constexprs, "shared", kernel.metadata.shared)
+'''
+
+
+def run_without_interpreter(code, timeout=600):
+    """Run python code in a fresh process without TRITON_INTERPRET (and without a GPU), from the repo
+    root; fails the test with the output unless it exits 0 and prints OK last."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    lines = res.stdout.strip().splitlines()
+    assert res.returncode == 0 and lines and lines[-1] == "OK", f"rc {res.returncode}\n{res.stdout}\n{res.stderr}"
+    return res.stdout
