@@ -73,8 +73,8 @@ def main(argv=None) -> int:
             batch = next(batches, None)
             if batch is None:
                 break
-            if args.split == "dev":
-                position = count % stream.batches_per_epoch()
+            if args.split == "dev":   # the dev split replays one fixed epoch: number the passes
+                epoch, position = divmod(count, stream.batches_per_epoch())
             for line in _lines(batch, position, tokenizer, args.decode):
                 print(json.dumps({"epoch": epoch, **line}, ensure_ascii=False))
             count += 1

@@ -233,46 +233,40 @@ class PretrainStream:
         """The rest of the current epoch, from the current position; afterwards the state points at the start
         of the next epoch. For the dev split: the whole (fixed) epoch every time, state untouched."""
         if self.split == "dev":
-            saved = self._epoch, self._done
-            self._epoch, self._done = 0, 0
-            try:
-                yield from self._iterate(1)
-            finally:
-                self._epoch, self._done = saved
-        else:
-            yield from self._iterate(1)
+            return self._iterate(1, start=(0, 0), track=False)
+        return self._iterate(1)
 
-    def _iterate(self, epochs: int | None) -> Iterator[dict]:
-        """`epochs` epochs (None: forever) from the current position, advancing the state with every batch."""
-        first_epoch = self._epoch
-        order = self.plan().rank_order(self.rank)
-        starts = [sum(1 for w, _ in order[:self._done] if w == worker) for worker in range(self.num_workers)]
+    def _iterate(self, epochs: int | None, start: tuple[int, int] | None = None, track: bool = True):
+        """`epochs` epochs (None: forever) from `start` = (epoch, batches done) -- default the current position
+        -- recording the position after every batch in the stream's state if `track`."""
+        epoch, done = start if start is not None else (self._epoch, self._done)
+        first_epoch = epoch
+        order = self.plan(epoch).rank_order(self.rank)
+        starts = [sum(1 for w, _ in order[:done] if w == worker) for worker in range(self.num_workers)]
         source = self._worker_batches(first_epoch, starts, epochs)
         waiting: dict[tuple[int, int, int], dict] = {}
         fill = dict(bos=self._dec.bos, eos=self._dec.eos, pad=self._dec.pad, multiple=self._dec.multiple)
-        while epochs is None or self._epoch < first_epoch + epochs:
-            plan = self.plan()
+        while epochs is None or epoch < first_epoch + epochs:
+            plan = self.plan(epoch)
             order, total = plan.rank_order(self.rank), plan.batches_per_rank()
             if total == 0:
-                raise DataError(f"{self.shard_dir}: epoch {self._epoch} plans no batch at all")
-            if self._done == 0:
+                raise DataError(f"{self.shard_dir}: epoch {epoch} plans no batch at all")
+            if done == 0:
                 log.info("%s epoch %d, rank %d: %d batches + %d fillers (the longest rank has %d)", self.split,
-                         self._epoch, self.rank, len(order), total - len(order), total)
-            while self._done < total:
-                if self._done < len(order):
-                    key = (self._epoch, *order[self._done])
+                         epoch, self.rank, len(order), total - len(order), total)
+            for position in range(done, total):
+                if position < len(order):
+                    key = (epoch, *order[position])
                     while key not in waiting:   # workers' batches arrive in the DataLoader's order: re-sort
                         e, w, j, batch = next(source)
                         waiting[(e, w, j)] = batch
                     batch = waiting.pop(key)
                 else:
                     batch = filler_batch(**fill)
-                self._done += 1
-                if self._done == total:
-                    self._epoch, self._done = self._epoch + 1, 0
+                if track:
+                    self._epoch, self._done = (epoch + 1, 0) if position + 1 == total else (epoch, position + 1)
                 yield to_tensors(batch)
-                if self._done == 0:
-                    break
+            epoch, done = epoch + 1, 0
 
     def _worker_batches(self, first_epoch: int, starts: list[int], epochs: int | None):
         """(epoch, worker, batch index, batch) from the slot runners: in this process if num_workers is 0,
