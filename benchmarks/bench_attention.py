@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from bench_lm_head_ce import DTYPES, MODES, REPO, RESULTS_DIR, append_csv, device_name, git_sha, measure, run_workers, versions
+from bench_lm_head_ce import (DTYPES, MODES, REPO, RESULTS_DIR, append_csv, device_name, git_sha, measure, run_workers,
+                              versions)
 
 
 def flop_count(mode, b, h, tq, tk, d, causal):
@@ -151,7 +152,8 @@ def main():
     for r in rows:
         base = sdpa.get(r["mode"])
         ratio = f"{r['median_ms'] / base['median_ms']:9.3f}" if base and r is not base else ""
-        print(f"{r['variant']:8s} {r['mode']:8s} {r['median_ms']:11.2f} {r['tflops']:8.4f} {r['peak_mem_mb']:9.1f}  {ratio}")
+        print(f"{r['variant']:8s} {r['mode']:8s} {r['median_ms']:11.2f} {r['tflops']:8.4f} "
+              f"{r['peak_mem_mb']:9.1f}  {ratio}")
     print(f"appended {len(rows)} rows to {args.csv}")
 
 

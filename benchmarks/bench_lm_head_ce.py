@@ -235,9 +235,10 @@ def _worker(args):
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), git_sha=git_sha(),
         device=device_name(device), torch=torch_version, triton=triton_version, benchmark="lm_head_ce",
         variant=variant, mode=mode, dtype=args.dtype, shape=f"N={args.n} H={args.hidden} V={args.vocab}",
-        chunk_size="" if variant == "naive" else args.chunk_size or _default_chunk_size(args.n, args.hidden, args.vocab),
-        repeats=args.repeats,
-        median_ms=round(seconds * 1e3, 3), tflops=round(flop_count(mode, args.n, args.hidden, args.vocab) / seconds / 1e12, 4),
+        chunk_size="" if variant == "naive" else args.chunk_size or _default_chunk_size(
+            args.n, args.hidden, args.vocab),
+        repeats=args.repeats, median_ms=round(seconds * 1e3, 3),
+        tflops=round(flop_count(mode, args.n, args.hidden, args.vocab) / seconds / 1e12, 4),
         peak_mem_mb=round(peak / 2**20, 1))))
 
 
@@ -279,7 +280,8 @@ def main():
         base = naive.get(r["mode"])
         ratios = (f"{r['median_ms'] / base['median_ms']:10.3f} {r['peak_mem_mb'] / base['peak_mem_mb']:10.3f}"
                   if base and r is not base and base["peak_mem_mb"] > 0 else "")
-        print(f"{r['variant']:8s} {r['mode']:8s} {r['median_ms']:11.1f} {r['tflops']:8.3f} {r['peak_mem_mb']:9.1f}  {ratios}")
+        print(f"{r['variant']:8s} {r['mode']:8s} {r['median_ms']:11.1f} {r['tflops']:8.3f} "
+              f"{r['peak_mem_mb']:9.1f}  {ratios}")
     print(f"appended {len(rows)} rows to {args.csv}")
 
 
