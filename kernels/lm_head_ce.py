@@ -168,7 +168,7 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, ignore_index, label_smoothing, chunk_size, use_triton,
-                compute_grads):
+                need_grads):
         n_rows, _ = hidden.shape
         vocab = weight.shape[0]
         valid = labels != ignore_index
@@ -181,30 +181,27 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
         rows_fn = _ce_rows_triton if use_triton else _ce_rows_torch
 
         token_losses = torch.empty(n_rows, device=hidden.device, dtype=torch.float32)
-        grad_hidden = grad_weight = grad_bias = None
-        if compute_grads:
-            grad_hidden = torch.empty_like(hidden)
-            grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
-            if bias is not None:
-                grad_bias = torch.zeros(vocab, device=weight.device, dtype=torch.float32)
+        need_hidden, need_weight, need_bias = need_grads  # only what autograd will ask for is computed
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if need_weight else None
+        grad_bias = torch.zeros(vocab, device=weight.device, dtype=torch.float32) if need_bias else None
         for start in range(0, n_rows, chunk_size):
             end = min(start + chunk_size, n_rows)
             h = hidden[start:end]
             logits = torch.mm(h, weight.t()) if bias is None else torch.addmm(bias, h, weight.t())
             token_losses[start:end] = rows_fn(logits, labels[start:end], inv_n_valid, ignore_index, label_smoothing)
-            if not compute_grads:
-                continue
             grad_logits = logits  # overwritten in place by rows_fn, in the input dtype
-            torch.mm(grad_logits, weight, out=grad_hidden[start:end])
-            if grad_logits.dtype == torch.float32:
+            if grad_hidden is not None:
+                torch.mm(grad_logits, weight, out=grad_hidden[start:end])
+            if grad_weight is not None and grad_logits.dtype == torch.float32:
                 grad_weight.addmm_(grad_logits.t(), h)
-            else:  # a 16-bit V x H temporary, then fp32 accumulation across chunks
+            elif grad_weight is not None:  # a 16-bit V x H temporary, then fp32 accumulation across chunks
                 grad_weight += torch.mm(grad_logits.t(), h)
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(dim=0, dtype=torch.float32)
             del logits, grad_logits
-        if compute_grads:
-            ctx.grads = (grad_hidden, grad_weight.to(weight.dtype),
+        if any(need_grads):
+            ctx.grads = (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype),
                          None if grad_bias is None else grad_bias.to(bias.dtype))
         loss = token_losses.sum() * inv_n_valid
         ctx.mark_non_differentiable(token_losses)
@@ -249,11 +246,10 @@ def fused_linear_cross_entropy(hidden, weight, labels, bias=None, *, ignore_inde
     n_rows = hidden.shape[0]
     if chunk_size is None:
         chunk_size = _default_chunk_size(n_rows, hidden.shape[1], weight.shape[0])
-    compute_grads = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (hidden, weight, bias))
+    need_grads = tuple(torch.is_grad_enabled() and t is not None and t.requires_grad for t in (hidden, weight, bias))
     loss, token_losses = FusedLinearCrossEntropyFunction.apply(
         hidden.contiguous(), weight.contiguous(), bias, labels.long().contiguous(), int(ignore_index),
-        float(label_smoothing), max(1, int(chunk_size)), use_triton, compute_grads)
+        float(label_smoothing), max(1, int(chunk_size)), use_triton, need_grads)
     return (loss, token_losses) if return_token_losses else loss
 
 

@@ -170,3 +170,16 @@ for dt in ("fp32", "bf16"):
                      dict(HAS_SMOOTHING=smoothing, ROUND_BF16=False, BLOCK_V=C._BLOCK_V), num_warps=C._NUM_WARPS)
 print("OK")
 """)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_frozen_weight_gets_no_gradient(impl):
+    """Only the gradients autograd asks for are computed: a frozen head gives grad hidden only."""
+    hidden, weight, _, labels = _make(37, 32, 1031, torch.float32, False, seed=6)
+    h = hidden.clone().requires_grad_()
+    loss = fused_linear_cross_entropy(h, weight, labels, impl=impl, chunk_size=CHUNK)
+    loss.backward()
+    assert weight.grad is None
+    h_ref = hidden.clone().requires_grad_()
+    lm_head_ce_reference(h_ref, weight, labels).backward()
+    assert_close_table("grad hidden", h.grad, h_ref.grad, torch.float32)
