@@ -355,7 +355,8 @@ def test_fingerprint_mismatch_names_both_fingerprints(shards, demo_tokenizer_dir
     assert str(shards / "index.json") in msg
 
 
-def test_truncated_or_corrupt_shard_is_named(shards, tokenizer, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_truncated_or_corrupt_shard_is_named(shards, tokenizer, tmp_path, workers):
     bad = tmp_path / "bad"
     shutil.copytree(shards, bad)
     victim = sorted(load_index(bad)["shards"])[0]
@@ -368,7 +369,7 @@ def test_truncated_or_corrupt_shard_is_named(shards, tokenizer, tmp_path):
     (bad / victim).write_bytes(bytes(flipped))
     check_shards(bad, tokenizer)
     with pytest.raises(DataError, match=f"{victim}.*sha256"):
-        for _ in PretrainStream(cfg_for(bad, num_workers=0), tokenizer, rank=0, world_size=1).epoch_batches():
+        for _ in PretrainStream(cfg_for(bad, num_workers=workers), tokenizer, rank=0, world_size=1).epoch_batches():
             pass
 
 

@@ -287,7 +287,16 @@ class PretrainStream:
                                              # its own generator: drawing the workers' base seed from the global
                                              # one would shift the model's dropout masks after a resume
                                              generator=torch.Generator().manual_seed(self.cfg.seed))
-        yield from loader
+        batches = iter(loader)
+        try:
+            yield from batches
+        finally:
+            # Workers ignore SIGTERM, so nothing else stops them when this iteration ends early (a consumer that
+            # stops, an error such as a corrupt shard): a traceback keeps the iterator alive past its __del__,
+            # and the interpreter would wait for them at exit. torch has no public call for this.
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
     # -- state ------------------------------------------------------------------------------------------------
     def _spec_dict(self) -> dict:
