@@ -147,7 +147,11 @@ def _rank_processes(launcher: subprocess.Popen) -> dict[int, psutil.Process]:
             cmd = p.cmdline()
         except psutil.NoSuchProcess:
             continue
-        if any(c.endswith("pretrain.py") for c in cmd):
+        try:  # loader workers are forks of a rank, with the same command line: skip them
+            parent_is_rank = any(c.startswith("--local_rank=") for c in p.parent().cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        if any(c.endswith("pretrain.py") for c in cmd) and not parent_is_rank:
             for c in cmd:
                 if c.startswith("--local_rank="):
                     found[int(c.split("=")[1])] = p
@@ -272,7 +276,7 @@ def test_bad_input_fails_before_training(assets, tmp_path, case):
         from swcm.assets import build_demo_tokenizer
         from swcm.tokenization import add_language_tags
 
-        tok = build_demo_tokenizer(tmp_path / "other_tokenizer", vocab_size=1500)  # not the model's tokenizer
+        tok = build_demo_tokenizer(tmp_path / "other_tokenizer", vocab_size=2500)  # not the model's tokenizer
         add_language_tags(tok)
         tok.save_pretrained(str(tmp_path / "other_tokenizer"))
         other = tmp_path / "other_shards"
