@@ -102,18 +102,16 @@ def main(argv=None) -> None:
     config = build_assets(work, args.layers, args.vocab)
 
     import torch
-    from transformers import AutoConfig
 
-    n_params = None
+    from swcm.modeling_swcm import SWCMConfig, SWCMForConditionalGeneration
+
     results = []
     for name in args.configs.split(","):
         print(f"running {name} ...", flush=True)
         results.append(run_one(config, name, work, args.steps, args.ranks))
-    from swcm.modeling_swcm import SWCMForConditionalGeneration
-
     with torch.device("meta"):
         n_params = sum(p.numel() for p in SWCMForConditionalGeneration(
-            AutoConfig.from_pretrained(str(work / "model"), trust_remote_code=True)).parameters())
+            SWCMConfig.from_pretrained(str(work / "model"))).parameters())
     base = next((r for r in results if r["config"] == "zero0"), None)
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                          text=True).stdout.strip() or "unknown"
