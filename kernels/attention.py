@@ -70,6 +70,8 @@ else:
 
 
 if triton is not None:
+    from .store import cast_for_store
+
 
     @triton.jit
     def _dot(a, b, DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr):
@@ -80,16 +82,6 @@ if triton is not None:
         else:
             out = tl.dot(a.to(b.dtype), b, input_precision=DOT_PRECISION)
         return out
-
-    @triton.jit
-    def _cast_for_store(x, OUT, ROUND_BF16: tl.constexpr):
-        """fp32 x in OUT's element type. The interpreter truncates fp32 -> bf16 where a GPU rounds to
-        nearest even, so under it (ROUND_BF16) the fp32 bits are rounded to nearest even first."""
-        if ROUND_BF16:
-            bits = x.to(tl.uint32, bitcast=True)
-            bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-            x = bits.to(tl.float32, bitcast=True)
-        return x.to(OUT.dtype.element_ty)
 
     @triton.jit
     def _allowed(rows, cols, seq_q, seq_k, KEEP, batch, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr):
@@ -147,7 +139,7 @@ if triton is not None:
         # +inf for rows without keys makes the backward's exp2(s - lse) exactly 0 there.
         lse = tl.where(has_key, m_i + tl.log2(l_safe), float("inf"))
         tl.store(O + bh * seq_q * HEAD_DIM + rows[:, None] * HEAD_DIM + offs_d[None, :],
-                 _cast_for_store(out, O, ROUND_BF16), mask=rows[:, None] < seq_q)
+                 cast_for_store(out, O, ROUND_BF16), mask=rows[:, None] < seq_q)
         tl.store(LSE + bh * seq_q + rows, lse, mask=rows < seq_q)
 
     @triton.jit
@@ -201,8 +193,8 @@ if triton is not None:
             ds = p * (dp - delta[:, None])
             dk += _dot(tl.trans(ds), q, DOT_FP32, DOT_PRECISION)
         dk = dk * softmax_scale
-        tl.store(DK + kv_off, _cast_for_store(dk, DK, ROUND_BF16), mask=cols[:, None] < seq_k)
-        tl.store(DV + kv_off, _cast_for_store(dv, DV, ROUND_BF16), mask=cols[:, None] < seq_k)
+        tl.store(DK + kv_off, cast_for_store(dk, DK, ROUND_BF16), mask=cols[:, None] < seq_k)
+        tl.store(DV + kv_off, cast_for_store(dv, DV, ROUND_BF16), mask=cols[:, None] < seq_k)
 
     @triton.jit
     def _attn_bwd_dq_kernel(Q, K, V, KEEP, DO, LSE, DELTA, DQ, qk_scale, softmax_scale,
@@ -241,7 +233,7 @@ if triton is not None:
             ds = p * (dp - delta[:, None])
             dq += _dot(ds, k, DOT_FP32, DOT_PRECISION)
         dq = dq * softmax_scale
-        tl.store(DQ + q_off, _cast_for_store(dq, DQ, ROUND_BF16), mask=rows[:, None] < seq_q)
+        tl.store(DQ + q_off, cast_for_store(dq, DQ, ROUND_BF16), mask=rows[:, None] < seq_q)
 
 
 def _launch_args(q, causal, keep):

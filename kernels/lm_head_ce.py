@@ -70,15 +70,7 @@ def _default_chunk_size(n_rows, hidden_size, vocab_size):
 
 if triton is not None:
 
-    @triton.jit
-    def _cast_for_store(x, OUT, ROUND_BF16: tl.constexpr):
-        """fp32 x in OUT's element type. The interpreter truncates fp32 -> bf16 where a GPU rounds to
-        nearest even, so under it (ROUND_BF16) the fp32 bits are rounded to nearest even first."""
-        if ROUND_BF16:
-            bits = x.to(tl.uint32, bitcast=True)
-            bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-            x = bits.to(tl.float32, bitcast=True)
-        return x.to(OUT.dtype.element_ty)
+    from .store import cast_for_store
 
     @triton.jit
     def _ce_rows_kernel(LOGITS, stride_row, LABELS, LOSSES, inv_n_valid, n_cols, ignore_index, label_smoothing,
@@ -125,7 +117,7 @@ if triton is not None:
                 g = tl.where(cols == label, g - (1.0 - label_smoothing), g)
             else:
                 g = tl.where(cols == label, g - 1.0, g)
-            tl.store(ptr + cols, _cast_for_store(g * inv_n_valid, LOGITS, ROUND_BF16), mask=cols < n_cols)
+            tl.store(ptr + cols, cast_for_store(g * inv_n_valid, LOGITS, ROUND_BF16), mask=cols < n_cols)
         tl.store(LOSSES + row, loss)
 
 

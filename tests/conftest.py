@@ -32,3 +32,18 @@ def tiny_xlmr_dir(tmp_path_factory, demo_tokenizer_dir):
     out = tmp_path_factory.mktemp("assets") / "tiny-xlmr"
     build_tiny_xlmr(out, demo_tokenizer_dir)
     return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(demo_tokenizer_dir, tmp_path_factory):
+    """The demo tokenizer with the language tags added, as a model's tokenizer has them; `.saved_dir` holds it."""
+    from transformers import AutoTokenizer
+
+    from swcm.tokenization import add_language_tags
+
+    tok = AutoTokenizer.from_pretrained(str(demo_tokenizer_dir))
+    add_language_tags(tok)
+    out = tmp_path_factory.mktemp("tok") / "tagged"
+    tok.save_pretrained(str(out))
+    tok.saved_dir = out
+    return tok

@@ -24,20 +24,6 @@ SHARED = Path("/work/shared/data")
 
 
 @pytest.fixture(scope="module")
-def tokenizer(demo_tokenizer_dir, tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from swcm.tokenization import add_language_tags
-
-    tok = AutoTokenizer.from_pretrained(str(demo_tokenizer_dir))
-    add_language_tags(tok)
-    out = tmp_path_factory.mktemp("tok") / "tagged"
-    tok.save_pretrained(str(out))
-    tok.saved_dir = out
-    return tok
-
-
-@pytest.fixture(scope="module")
 def demo_shards(tokenizer, tmp_path_factory):
     """The whole demo corpus: mono bo/kk/ug/zh, and NTREX train x-zh for bo, kk, mn, ug (mn exists only here)."""
     mono = [("bo", str(DEMO / "mono/bo.txt")), ("bo", str(DEMO / "mono/bo_speech.txt")),

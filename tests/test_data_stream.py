@@ -29,20 +29,6 @@ SLICES = {"bo": ("mono/bo.txt", 120), "kk": ("mono/kk.txt", 200), "ug": ("mono/u
 PARALLEL_LINES = 100
 
 
-@pytest.fixture(scope="module")
-def tokenizer(demo_tokenizer_dir, tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from swcm.tokenization import add_language_tags
-
-    tok = AutoTokenizer.from_pretrained(str(demo_tokenizer_dir))
-    add_language_tags(tok)
-    out = tmp_path_factory.mktemp("tok") / "tagged"
-    tok.save_pretrained(str(out))
-    tok.saved_dir = out
-    return tok
-
-
 def _head(src: Path, dst: Path, n: int) -> str:
     dst.write_bytes(b"".join(src.read_bytes().splitlines(keepends=True)[:n]))
     return str(dst)

@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 import sysconfig
-import textwrap
 
 import pytest
 import torch

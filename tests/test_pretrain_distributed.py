@@ -16,7 +16,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-import torch
 
 pytestmark = pytest.mark.distributed
 
