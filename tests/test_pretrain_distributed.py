@@ -53,6 +53,17 @@ def _run(cmd, **kw):
     return res
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _remove_leaked_shm_buffers():
+    """Runs killed on purpose here cannot unlink DeepSpeed's /dev/shm all-reduce buffers: remove them."""
+    shm = Path("/dev/shm")
+    before = set(shm.glob("deepspeed_allreduce_buffer_*")) if shm.is_dir() else set()
+    yield
+    if shm.is_dir():
+        for path in set(shm.glob("deepspeed_allreduce_buffer_*")) - before:
+            path.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory, tiny_xlmr_dir):
     """An SWCM init converted from the tiny XLM-R, train/dev shards of real demo text, a run config."""

@@ -96,9 +96,14 @@ class Pretrainer:
         cfg = self.cfg
         deepspeed.init_distributed()
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        # Built whole on every rank and partitioned by `deepspeed.initialize` (not under `zero.Init`): the
-        # weights come from a checkpoint on disk anyway, the tied embedding/head survive this path unchanged,
-        # and for models of the paper's size (~0.5B) a full fp32 copy per rank fits in host memory.
+        # ZeRO-3: with an HfDeepSpeedConfig alive, `from_pretrained` builds the model under `zero.Init` and
+        # loads each weight into its partition, so no rank ever holds the whole model (a bare `zero.Init`
+        # would partition submodules before `_init_weights` runs; see CPU-NOTES). Other stages build it whole.
+        self._hf_ds_config = None
+        if self.ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)  # must stay referenced while building
         model = SWCMForConditionalGeneration.from_pretrained(
             cfg.model.path, attn_implementation=cfg.model.attn_implementation, dtype=torch.float32)
         model.config.fused_lm_head_ce = cfg.model.fused_lm_head_ce
@@ -323,4 +328,18 @@ class Pretrainer:
         perf.mkdir(parents=True, exist_ok=True)
         checkpointing.write_atomic(perf / f"rank{rank}.json", json.dumps({"peak_memory_gb": memory_gb(self.device)}))
         dist.barrier()
+        _release_shm_buffers()
         return exit_code
+
+
+def _release_shm_buffers() -> None:
+    """Unlink this rank's DeepSpeed CPU all-reduce buffer (/dev/shm, ~70 MB a rank), which DeepSpeed never
+    removes: on a CPU host every run would otherwise leave it behind in RAM-backed tmpfs. Safe once the
+    last collective is done: the mapping lives on until the process exits."""
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not (addr and port) or not os.path.isdir("/dev/shm"):
+        return
+    local_rank = os.environ.get("LOCAL_RANK", "0")
+    for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{addr}_{port}_{local_rank}"):
+        path.unlink(missing_ok=True)
+
