@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
-    from swcm.auto import load_tokenizer
+    from swcm.tokenization import load_tokenizer
     from swcm.seq2seq_inputs import build_seq2seq_inputs
 
     texts = args.text or open(args.input, encoding="utf-8").read().splitlines()

@@ -45,11 +45,10 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from transformers import AutoTokenizer
-
     from swcm.config import ConfigError, load_config
     from swcm.data.shards import DataError, load_index
     from swcm.data.stream import PretrainStream, load_state, save_state
+    from swcm.tokenization import load_tokenizer
 
     try:
         cfg = load_config(args.config, args.overrides).data
@@ -57,7 +56,7 @@ def main(argv=None) -> int:
         if args.num_workers is not None:
             cfg.num_workers = args.num_workers
         tokenizer_dir = args.tokenizer or load_index(args.shard_dir)["tokenizer"]["path"]
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        tokenizer = load_tokenizer(tokenizer_dir)
         stream = PretrainStream(cfg, tokenizer, rank=args.rank, world_size=args.world_size, split=args.split)
         if args.state_in:
             load_state(stream, args.state_in)

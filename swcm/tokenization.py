@@ -56,6 +56,17 @@ def train_sentencepiece_tokenizer(files: Sequence[str | Path], out_dir: str | Pa
     return tokenizer
 
 
+def load_tokenizer(path: str | Path):
+    """The tokenizer saved in `path` (an XLM-R, SWCM or tokenizer-only directory).
+
+    The tokenizer class comes from tokenizer_config.json; the model config is not consulted, so an SWCM
+    directory (whose config names remote code) loads without a trust_remote_code prompt.
+    """
+    from transformers import AutoTokenizer, PreTrainedConfig
+
+    return AutoTokenizer.from_pretrained(str(path), config=PreTrainedConfig())
+
+
 def add_language_tags(tokenizer, codes: Iterable[str] = DEFAULT_LANG_CODES) -> dict[str, int]:
     """Add `<code>` special tokens (in the given order, skipping ones already present); return code -> id."""
     tags = [lang_tag(c) for c in codes]

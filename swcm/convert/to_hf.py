@@ -138,7 +138,7 @@ def _verify(out_dir: Path, model, tokenizer, dtype: str) -> float:
 def export_to_hf(run_dir: str | Path, out_dir: str | Path, *, step: int | None = None, dtype: str = "float32",
                  overwrite: bool = False, verify: bool = True) -> Path:
     """Write the HF directory of a run's checkpoint to `out_dir` (atomically) and verify it; return out_dir."""
-    from swcm.auto import load_tokenizer
+    from swcm.tokenization import load_tokenizer
     from swcm.modeling_swcm import SWCMConfig, SWCMForConditionalGeneration
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)

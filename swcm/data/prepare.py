@@ -351,7 +351,8 @@ def prepare(tokenizer_dir: str | Path, out_dir: str | Path, *, mono: list[tuple[
     or an `out_dir` that already holds a shard set (unless `overwrite`).
     """
     from tqdm import tqdm
-    from transformers import AutoTokenizer
+
+    from swcm.tokenization import load_tokenizer
 
     if not (mono or parallel or parallel_jsonl):
         raise DataError("no inputs: give at least one --mono, --parallel or --parallel-jsonl")
@@ -371,7 +372,7 @@ def prepare(tokenizer_dir: str | Path, out_dir: str | Path, *, mono: list[tuple[
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    tokenizer = load_tokenizer(tokenizer_dir)
     langs = {lang for lang, _ in mono} | {x for q in parallel for x in q[:2]}
     with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=not show_progress) as bar:
         prep = Preparer(tokenizer, out_dir, max_len, samples_per_shard, progress=bar)

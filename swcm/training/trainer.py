@@ -56,7 +56,7 @@ class Pretrainer:
     """Builds model, data and engine from a checked config and runs the loop. Construct, then `run()`."""
 
     def __init__(self, cfg: RunConfig, ds_config_path: str, out_dir: str, *, resume: bool = False):
-        from swcm.auto import load_tokenizer
+        from swcm.tokenization import load_tokenizer
         from swcm.data.shards import check_shards
 
         self.cfg, self.out, self.resume = cfg, Path(out_dir), resume
