@@ -113,8 +113,10 @@ class Pretrainer:
         self.model_config = model.config
         self.n_params = sum(p.numel() for p in model.parameters())
 
+        # fused=True: one kernel per step, no foreach temporaries (those cost several copies of the model's
+        # parameters at the optimizer step, which set the peak memory of every ZeRO stage).
         optimizer = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
-                                      betas=cfg.train.betas, eps=cfg.train.eps)
+                                      betas=cfg.train.betas, eps=cfg.train.eps, fused=True)
         factor = linear_warmup_decay(cfg.train.max_steps, cfg.train.warmup_ratio)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.ds_config,
