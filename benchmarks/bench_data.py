@@ -14,12 +14,10 @@ A row per measurement is appended to benchmarks/results/bench_data.csv. Target: 
 """
 
 import argparse
-import csv
 import datetime
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,13 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results" / "bench_data.csv"
 
-
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+from results import append_csv, git_sha  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def versions() -> str:
@@ -126,13 +118,7 @@ def main(argv=None) -> int:
                   f"{r['tokens_per_s_per_worker']} tokens/s; {r['samples_per_cpu_s']:.0f} samples and "
                   f"{r['tokens_per_cpu_s']} tokens per CPU-second (load average {r['load_avg_1m']})")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    new = not out.exists()
-    with open(out, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_csv(out, rows)
     print(f"appended {len(rows)} rows to {out}")
     return 0
 

@@ -18,7 +18,6 @@ Variants: "naive" (kernels.lm_head_ce.lm_head_ce_reference), "chunked" (impl="to
 """
 
 import argparse
-import csv
 import datetime
 import json
 import os
@@ -32,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO / "benchmarks" / "results"
+from results import REPO, RESULTS_DIR, append_csv, git_sha  # noqa: F401  (re-exported to bench_attention)
+
 MODES = ("forward", "backward", "full")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Large freed blocks go straight back to the OS, so RSS follows live allocations (CPU-NOTES.md).
@@ -45,15 +44,6 @@ def flop_count(mode, n, h, v):
     grad_weight matmuls (2 * forward); the softmax/CE elementwise work is not counted."""
     fwd = 2 * n * h * v
     return {"forward": fwd, "backward": 2 * fwd, "full": 3 * fwd}[mode]
-
-
-def git_sha():
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             timeout=10)
-        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def device_name(device):
@@ -156,15 +146,6 @@ def measure(prepare, run, device, repeats, warmup):
     return statistics.median(times), max(peaks)
 
 
-def append_csv(path, rows):
-    """Append dict rows to path, writing the header when the file is new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
 
 
 def run_workers(script, variants, modes, worker_args):

@@ -13,7 +13,6 @@ keeps memory the process no longer uses. Prints a table and appends rows to benc
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import os
@@ -22,8 +21,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "bench_train.csv"
+from results import REPO as ROOT, RESULTS_DIR, append_csv, git_sha
+
+RESULTS = RESULTS_DIR / "bench_train.csv"
 DEMO = ROOT / "data" / "demo"
 
 
@@ -120,26 +120,21 @@ def main(argv=None) -> None:
         n_params = sum(p.numel() for p in SWCMForConditionalGeneration(
             SWCMConfig.from_pretrained(str(work / "model"))).parameters())
     base = next((r for r in results if r["config"].split("+")[0] == "zero0"), None)
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                         text=True).stdout.strip() or "unknown"
+    sha = git_sha()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or 'x86_64'}, {os.cpu_count()} cores)"
     print(f"\n{n_params / 1e6:.0f}M parameters, {args.ranks} ranks, {device}, torch {torch.__version__}, git {sha}")
     print(f"{'config':<16}{'tokens/s':>10}{'s/step':>9}{'peak GB/rank':>14}{'vs zero0':>10}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    new = not RESULTS.exists()
-    with open(RESULTS, "a", newline="") as f:
-        w = csv.writer(f)
-        if new:
-            w.writerow(["date", "git", "device", "torch", "params_m", "ranks", "config", "tokens_per_s", "s_per_step",
-                        "peak_gb_per_rank", "peak_vs_zero0"])
-        for r in results:
-            ratio = r["peak_gb_per_rank"] / base["peak_gb_per_rank"] if base else float("nan")
-            print(f"{r['config']:<16}{r['tokens_per_s']:>10.1f}{r['s_per_step']:>9.2f}{r['peak_gb_per_rank']:>14.2f}"
-                  f"{ratio:>10.2f}")
-            w.writerow([datetime.date.today().isoformat(), sha, device, torch.__version__, round(n_params / 1e6, 1),
-                        args.ranks, r["config"], round(r["tokens_per_s"], 1), round(r["s_per_step"], 3),
-                        round(r["peak_gb_per_rank"], 3), round(ratio, 3)])
-
+    rows = []
+    for r in results:
+        ratio = r["peak_gb_per_rank"] / base["peak_gb_per_rank"] if base else float("nan")
+        print(f"{r['config']:<16}{r['tokens_per_s']:>10.1f}{r['s_per_step']:>9.2f}{r['peak_gb_per_rank']:>14.2f}"
+              f"{ratio:>10.2f}")
+        rows.append({"date": datetime.date.today().isoformat(), "git": sha, "device": device,
+                     "torch": torch.__version__, "params_m": round(n_params / 1e6, 1), "ranks": args.ranks,
+                     "config": r["config"], "tokens_per_s": round(r["tokens_per_s"], 1),
+                     "s_per_step": round(r["s_per_step"], 3), "peak_gb_per_rank": round(r["peak_gb_per_rank"], 3),
+                     "peak_vs_zero0": round(ratio, 3)})
+    append_csv(RESULTS, rows)
 
 if __name__ == "__main__":
     main()
