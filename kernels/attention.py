@@ -154,6 +154,18 @@ if triton is not None:
         tl.store(DELTA + bh * seq_q + rows, tl.sum(o * do, 1), mask=rows < seq_q)
 
     @triton.jit
+    def _probs_and_score_grads(q, k, v, do, lse, delta, rows, cols, qk_scale, seq_q, seq_k, KEEP, batch,
+                               CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DOT_FP32: tl.constexpr,
+                               DOT_PRECISION: tl.constexpr):
+        """The backward's recomputation for one (query block, key block) tile: the probabilities P from the
+        saved log-sum-exp, and dS = P * (dO·Vᵀ - delta), the gradient of the (scaled) scores."""
+        s = _dot(q, tl.trans(k), DOT_FP32, DOT_PRECISION) * qk_scale
+        allowed = _allowed(rows, cols, seq_q, seq_k, KEEP, batch, CAUSAL, HAS_MASK)
+        p = tl.where(allowed, tl.exp2(s - lse[:, None]), 0.0)
+        dp = _dot(do, tl.trans(v), DOT_FP32, DOT_PRECISION)
+        return p, p * (dp - delta[:, None])
+
+    @triton.jit
     def _attn_bwd_dkdv_kernel(Q, K, V, KEEP, DO, LSE, DELTA, DK, DV, qk_scale, softmax_scale,
                               n_heads, seq_q, seq_k,
                               CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DOT_FP32: tl.constexpr,
@@ -185,12 +197,9 @@ if triton is not None:
             do = tl.load(do_base + q_off, mask=rows[:, None] < seq_q, other=0.0)
             lse = tl.load(LSE + bh * seq_q + rows, mask=rows < seq_q, other=float("inf"))
             delta = tl.load(DELTA + bh * seq_q + rows, mask=rows < seq_q, other=0.0)
-            s = _dot(q, tl.trans(k), DOT_FP32, DOT_PRECISION) * qk_scale
-            allowed = _allowed(rows, cols, seq_q, seq_k, KEEP, batch, CAUSAL, HAS_MASK)
-            p = tl.where(allowed, tl.exp2(s - lse[:, None]), 0.0)
+            p, ds = _probs_and_score_grads(q, k, v, do, lse, delta, rows, cols, qk_scale, seq_q, seq_k, KEEP,
+                                           batch, CAUSAL, HAS_MASK, DOT_FP32, DOT_PRECISION)
             dv += _dot(tl.trans(p), do, DOT_FP32, DOT_PRECISION)
-            dp = _dot(do, tl.trans(v), DOT_FP32, DOT_PRECISION)
-            ds = p * (dp - delta[:, None])
             dk += _dot(tl.trans(ds), q, DOT_FP32, DOT_PRECISION)
         dk = dk * softmax_scale
         tl.store(DK + kv_off, cast_for_store(dk, DK, ROUND_BF16), mask=cols[:, None] < seq_k)
@@ -226,11 +235,8 @@ if triton is not None:
             kv_off = cols[:, None] * HEAD_DIM + offs_d[None, :]
             k = tl.load(k_base + kv_off, mask=cols[:, None] < seq_k, other=0.0)
             v = tl.load(v_base + kv_off, mask=cols[:, None] < seq_k, other=0.0)
-            s = _dot(q, tl.trans(k), DOT_FP32, DOT_PRECISION) * qk_scale
-            allowed = _allowed(rows, cols, seq_q, seq_k, KEEP, batch, CAUSAL, HAS_MASK)
-            p = tl.where(allowed, tl.exp2(s - lse[:, None]), 0.0)
-            dp = _dot(do, tl.trans(v), DOT_FP32, DOT_PRECISION)
-            ds = p * (dp - delta[:, None])
+            _, ds = _probs_and_score_grads(q, k, v, do, lse, delta, rows, cols, qk_scale, seq_q, seq_k, KEEP,
+                                           batch, CAUSAL, HAS_MASK, DOT_FP32, DOT_PRECISION)
             dq += _dot(ds, k, DOT_FP32, DOT_PRECISION)
         dq = dq * softmax_scale
         tl.store(DQ + q_off, cast_for_store(dq, DQ, ROUND_BF16), mask=rows[:, None] < seq_q)
