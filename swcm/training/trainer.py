@@ -125,7 +125,6 @@ class Pretrainer:
         self.gas = self.ds_config.get("gradient_accumulation_steps", 1)
 
         data_cfg = replace(cfg.data, max_samples=micro_batch_size(self.ds_config, self.world))
-        self.data_cfg = data_cfg
         self.stream = PretrainStream(data_cfg, self.tokenizer, rank=self.rank, world_size=self.world)
         self.dev_stream = (PretrainStream(data_cfg, self.tokenizer, rank=self.rank, world_size=self.world, split="dev")
                            if cfg.data.dev_shards else None)
@@ -262,11 +261,12 @@ class Pretrainer:
                 micro += 1
                 step_sums[0] += out.token_losses.double().sum().cpu()
                 step_sums[1] += (batch["labels"] != -100).sum()
-                step_sums[2] += (batch["attention_mask"].sum() + batch["decoder_attention_mask"].sum()).item()
                 tracker.add(out.token_losses, batch["labels"], batch["task"], batch["tgt_lang"])
                 src_lens = batch["attention_mask"].sum(1)
                 tgt_lens = batch["decoder_attention_mask"].sum(1)
-                window[0] += (src_lens.sum() + tgt_lens.sum()).item()
+                tokens = (src_lens.sum() + tgt_lens.sum()).item()
+                step_sums[2] += tokens
+                window[0] += tokens
                 window[1] += 0 if batch.get("is_padding") else len(batch["task"])
                 window[2] += model_flops(self.model_config, src_lens, tgt_lens)
             if exit_code:
