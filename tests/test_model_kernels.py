@@ -1,6 +1,7 @@
-"""The kernels inside the full model (issue 5): the fused tied head's embedding gradient equals the sum of the
-encoder lookup, decoder lookup and head contributions of an untied plain copy; attn_implementation="triton"
-with the fused loss matches eager attention with the naive loss (Triton interpreter on CPU)."""
+"""The kernels inside the full model (issue 5): the tied head's embedding gradient (fused or naive head, sparse
+lookups) equals the sum of the encoder lookup, decoder lookup and head contributions of an untied plain copy;
+attn_implementation="triton" with the fused loss matches eager attention with the naive loss (Triton
+interpreter on CPU)."""
 
 import copy
 
@@ -26,11 +27,14 @@ def _grads(model, batch):
     return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_fused_tied_head_gradient_is_the_sum_of_lookup_and_head_gradients():
+@pytest.mark.parametrize("fused", [True, False])
+def test_tied_head_gradient_is_the_sum_of_lookup_and_head_gradients(fused):
     tied = _model()
-    tied.config.fused_lm_head_ce = True
+    tied.config.fused_lm_head_ce = fused
     batch = padded_batch()
     loss_t, g_t = _grads(tied, batch)
+    # The lookups ran with sparse gradients (no V x H temporary each), and their sum with the head's is dense.
+    assert tied.encoder.embeddings.word_embeddings.sparse and not g_t[WORD].is_sparse
 
     # Untied plain copy: same weights, but the head owns a separate copy of the embedding matrix.
     untied = _model(tie_word_embeddings=False)

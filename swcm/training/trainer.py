@@ -23,6 +23,7 @@ import torch.distributed as dist
 from swcm.config import ConfigError, RunConfig
 from swcm.training import checkpointing
 from swcm.training.ds_config import load_ds_config, micro_batch_size
+from swcm.training.fp32_master import share_fp32_master
 from swcm.training.metrics import LossTracker, device_peak_flops, memory_gb, model_flops
 
 log = logging.getLogger("swcm.pretrain")
@@ -109,7 +110,7 @@ class Pretrainer:
         model.config.fused_lm_head_ce = cfg.model.fused_lm_head_ce
         model.config.label_smoothing = cfg.train.label_smoothing
         if cfg.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
         self.model_config = model.config
         self.n_params = sum(p.numel() for p in model.parameters())
 
@@ -121,7 +122,12 @@ class Pretrainer:
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.ds_config,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor))
+        self.engine.train()  # from_pretrained returns the model in eval mode: no dropout, no activation checkpointing
         self.device = self.engine.device
+        freed = share_fp32_master(self.engine.optimizer)
+        if freed and self.rank == 0:
+            log.info("fp32 weights: ZeRO's fp32 master partition is the model's own (%.2f GB per rank not copied)",
+                     freed / 2 ** 30)
         self.gas = self.ds_config.get("gradient_accumulation_steps", 1)
 
         data_cfg = replace(cfg.data, max_samples=micro_batch_size(self.ds_config, self.world))
