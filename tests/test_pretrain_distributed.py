@@ -198,6 +198,15 @@ def test_zero_stages_give_the_same_losses_and_weights(reference_runs):
         assert worst < 1e-4, (stage, worst)  # fp32 Adam after 24 steps: reduction order only
 
 
+def test_dropout_is_on_from_the_first_step(assets, reference_runs):
+    """Same weights and data, another dropout seed: step 1's loss differs only if the model is in train mode
+    (from_pretrained hands it over in eval mode)."""
+    out = assets / "reseeded"
+    proc = _launch(assets, out, "zero0", extra=("--max-steps", "1", "--set", "train.seed=12"))
+    assert _wait(proc) == 0, _log(out)
+    assert losses(out)[1] != pytest.approx(losses(reference_runs["zero0"])[1], abs=1e-6)
+
+
 def test_resume_after_sigkill_on_one_rank_is_exact(assets, reference_runs):
     out = assets / "killed"
     proc = _launch(assets, out, "zero2")
