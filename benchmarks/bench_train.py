@@ -79,7 +79,7 @@ def run_one(config: Path, ds_name: str, work: Path, steps: int, ranks: int, bf16
         ds_path.write_text(json.dumps(ds))
     label = ds_name + ("+bf16" if bf16 else "") + ("+ckpt" if ckpt else "")
     out = work / f"run_{label.replace('+', '_')}"
-    subprocess.run(["rm", "-rf", str(out)], check=True)
+    shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"), OMP_NUM_THREADS="1",
                MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072", TOKENIZERS_PARALLELISM="false")
     if env["DS_ACCELERATOR"] != "cpu":

@@ -110,7 +110,7 @@ def _launch(assets, out, stage="zero0", *, resume=False, extra=(), node_rank=Non
             ROOT / "ds_configs" / f"{stage}.json", "--out", out, *extra]
     if resume:
         cmd.append("--resume")
-    log = open(f"{out}.{'resume' if resume else 'first'}.{node_rank}.log", "w")
+    log = open(_log_path(out, resume, node_rank), "w")
     return subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
@@ -123,8 +123,12 @@ def _wait(proc, timeout=400) -> int:
         raise
 
 
+def _log_path(out, resume=False, node_rank=None) -> Path:
+    return Path(f"{out}.{'resume' if resume else 'first'}.{node_rank}.log")
+
+
 def _log(out, resume=False, node_rank=None) -> str:
-    return Path(f"{out}.{'resume' if resume else 'first'}.{node_rank}.log").read_text()[-6000:]
+    return _log_path(out, resume, node_rank).read_text()[-6000:]
 
 
 def losses(out) -> dict[int, float]:
@@ -188,7 +192,7 @@ def test_zero_stages_give_the_same_losses_and_weights(reference_runs):
     weights0 = consolidated_state_dict(reference_runs["zero0"])
     for stage in ("zero1", "zero2", "zero3"):
         # fp32 weights: ZeRO's fp32 master is the model's own partition (no second copy), and still exact.
-        assert "fp32 master partition is the model's own" in Path(f"{reference_runs[stage]}.first.None.log").read_text()
+        assert "fp32 master partition is the model's own" in _log_path(reference_runs[stage]).read_text()
         other = losses(reference_runs[stage])
         for step in ref:
             assert other[step] == pytest.approx(ref[step], rel=1e-4), (stage, step)

@@ -33,5 +33,3 @@ def share_fp32_master(optimizer) -> int:
         master.data = partition.data
         freed += master.numel() * master.element_size()
     return freed
-
-
