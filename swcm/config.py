@@ -46,6 +46,7 @@ class TrainConfig:
     dev_every: int = 200
     dev_batches: int = 8
     max_nonfinite_in_a_row: int = 5     # a run whose loss stays NaN/inf this long stops
+    gloo_piece_mb: float = 32.0         # gloo (CPU ranks): collectives above this size run in pieces of it; 0 = off
 
 
 @dataclass

@@ -27,6 +27,7 @@ from `decoder_start_token_id` (= `<s>`) and is forced to emit the target tag nex
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import math
@@ -202,6 +203,94 @@ AttentionInterface.register("triton", _triton_for_other_models)
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The tied embedding's gradient: one V x H tensor, summed in place
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class TiedEmbeddingGrad:
+    """The gradient of the tied embedding E for one forward pass, summed in place into one V x H tensor.
+
+    The head gives a dense V x H gradient; each lookup only the rows it read. Left to autograd, each lookup's
+    part (sparse) is added to the head's out of place: a new V x H tensor per lookup, 0.4 GB at CINO's vocabulary,
+    at the end of the backward where memory peaks. Here every contributor adds into the head's tensor instead,
+    and the last to run hands the sum to autograd, so E receives exactly one gradient.
+    """
+
+    def __init__(self):
+        self.pending = 0  # contributors registered by the forward whose backward has not run yet
+        self.total = None  # the head's dense gradient, once it has arrived
+        self.early_rows = []  # (ids, rows) of lookups that ran before it
+
+    def register(self):
+        self.pending += 1
+
+    def add(self, dense=None, ids=None, rows=None):
+        """Adds one contributor's part (dense, or rows at ids). Returns the sum when this was the last part
+        registered, else None (autograd then gets the gradient from the last contributor only)."""
+        if dense is not None:
+            self.total = dense  # the head's backward made it for this node alone: ours to add into
+        else:
+            self.early_rows.append((ids, rows))
+        if self.total is not None:
+            for i, r in self.early_rows:
+                self.total.index_add_(0, i, r.to(self.total.dtype))
+            self.early_rows.clear()
+        self.pending -= 1
+        if self.pending:
+            return None
+        if self.total is None:
+            raise RuntimeError("tied embedding gradient: the lookups ran backward but the head did not")
+        total, self.total = self.total, None
+        return total
+
+
+class _HeadWeight(torch.autograd.Function):
+    """E as the head sees it: the identity forward; backward gives the head's gradient to a TiedEmbeddingGrad."""
+
+    @staticmethod
+    def forward(ctx, weight, tied_grad):
+        tied_grad.register()
+        ctx.tied_grad = tied_grad
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.tied_grad.add(dense=grad), None
+
+
+class _Lookup(torch.autograd.Function):
+    """F.embedding whose backward gives the rows' gradient to a TiedEmbeddingGrad (pads get none, as in F.embedding)."""
+
+    @staticmethod
+    def forward(ctx, ids, weight, padding_idx, tied_grad):
+        tied_grad.register()
+        ctx.save_for_backward(ids)
+        ctx.padding_idx, ctx.tied_grad = padding_idx, tied_grad
+        return F.embedding(ids, weight, padding_idx)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (ids,) = ctx.saved_tensors
+        ids, grad = ids.reshape(-1), grad.reshape(-1, grad.shape[-1])
+        if ctx.padding_idx is not None:
+            keep = ids.ne(ctx.padding_idx)
+            ids, grad = ids[keep], grad[keep]
+        return None, ctx.tied_grad.add(ids=ids, rows=grad), None, None
+
+
+class WordEmbedding(nn.Embedding):
+    """nn.Embedding whose lookups add their gradient into `tied_grad` when the model sets one (training a tied
+    head with a loss), and behave as nn.Embedding otherwise."""
+
+    tied_grad: TiedEmbeddingGrad | None = None
+
+    def forward(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        if self.tied_grad is None:
+            return super().forward(input_ids)
+        return _Lookup.apply(input_ids, self.weight, self.padding_idx, self.tied_grad)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Building blocks (module and parameter names follow transformers' XLM-R so that encoder weights load by name)
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -212,7 +301,7 @@ class Embeddings(nn.Module):
     def __init__(self, config: SWCMConfig):
         super().__init__()
         self.padding_idx = config.pad_token_id
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=self.padding_idx)
+        self.word_embeddings = WordEmbedding(config.vocab_size, config.hidden_size, padding_idx=self.padding_idx)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size,
                                                 padding_idx=self.padding_idx)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
@@ -420,6 +509,8 @@ class LMHead(nn.Linear):
     kernel the loss needs W without materialising logits, and under ZeRO-3 DeepSpeed gathers a partitioned W
     only inside the forward of the module that owns it."""
 
+    tied_grad: TiedEmbeddingGrad | None = None  # set by the model while a tied head trains with a loss
+
     def __init__(self, config: SWCMConfig):
         super().__init__(config.hidden_size, config.vocab_size, bias=True)
         self.config = config
@@ -430,6 +521,7 @@ class LMHead(nn.Linear):
         none); token_losses (B,T) fp32, detached, 0 where not scored; logits None on the fused path."""
         if labels is None:
             return F.linear(hidden, self.weight, self.bias), None, None
+        weight = self.weight if self.tied_grad is None else _HeadWeight.apply(self.weight, self.tied_grad)
         scored = labels.ne(-100)
         y = labels[scored]
         smoothing = self.config.label_smoothing
@@ -438,10 +530,11 @@ class LMHead(nn.Linear):
         logits = None
         if fused is not None and y.numel() > 0:
             # Only the scored rows go through the kernel: pads and the given <tgt_lang> cost nothing.
-            loss, per_token = fused(hidden[scored], self.weight, y, bias=self.bias, ignore_index=-100,
+            getattr(__import__('builtins'), '_memmark', lambda n: None)('head_start')  # MEMMARK
+            loss, per_token = fused(hidden[scored], weight, y, bias=self.bias, ignore_index=-100,
                                     label_smoothing=smoothing, return_token_losses=True)
         else:
-            logits = F.linear(hidden, self.weight, self.bias)
+            logits = F.linear(hidden, weight, self.bias)
             per_token = F.cross_entropy(logits[scored].float(), y, reduction="none", label_smoothing=smoothing)
             # sum / max(n, 1): nothing to score gives 0 (still attached to the graph, so backward() works),
             # not the NaN of a mean over nothing.
@@ -580,6 +673,22 @@ class SWCMForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     # -- forward --
 
+    @contextlib.contextmanager
+    def _summing_tied_gradient(self, labels):
+        """While a tied head trains with a loss, the head's and both lookups' gradients of E are summed into one
+        V x H tensor (see TiedEmbeddingGrad): a fresh one per forward, set on the two modules for this forward only
+        (the graph keeps its own reference), so no later call of either module adds into it."""
+        word_embeddings = self.encoder.embeddings.word_embeddings
+        if (labels is None or not self.config.tie_word_embeddings or not torch.is_grad_enabled()
+                or not word_embeddings.weight.requires_grad):
+            yield
+            return
+        word_embeddings.tied_grad = self.lm_head.tied_grad = TiedEmbeddingGrad()
+        try:
+            yield
+        finally:
+            word_embeddings.tied_grad = self.lm_head.tied_grad = None
+
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 encoder_outputs=None, past_key_values=None, labels=None, use_cache=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None, **kwargs) -> SWCMSeq2SeqLMOutput | tuple:
@@ -595,36 +704,31 @@ class SWCMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         use_cache = (use_cache if use_cache is not None else self.config.use_cache) and labels is None
 
-        # With a loss and a tied embedding, the two lookups return only the rows they read (a sparse gradient),
-        # which autograd adds in place into the head's dense V x H gradient, instead of allocating and zeroing a
-        # dense V x H gradient each (2 x 0.4 GB at CINO's vocabulary). Without the head's dense gradient (no
-        # labels, or an untied head) the embedding's own gradient must stay dense for the optimizers.
-        self.encoder.embeddings.word_embeddings.sparse = (
-            labels is not None and self.config.tie_word_embeddings and torch.is_grad_enabled())
-        if encoder_outputs is None:
-            encoder_outputs = self.encoder(input_ids, attention_mask, output_hidden_states=output_hidden_states)
-        elif not isinstance(encoder_outputs, BaseModelOutput):
-            encoder_outputs = BaseModelOutput(*encoder_outputs)
-        encoder_hidden = encoder_outputs.last_hidden_state
-        cross_mask = attention_mask.bool() if attention_mask is not None else None
+        with self._summing_tied_gradient(labels):
+            if encoder_outputs is None:
+                encoder_outputs = self.encoder(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+            elif not isinstance(encoder_outputs, BaseModelOutput):
+                encoder_outputs = BaseModelOutput(*encoder_outputs)
+            encoder_hidden = encoder_outputs.last_hidden_state
+            cross_mask = attention_mask.bool() if attention_mask is not None else None
 
-        if use_cache and past_key_values is None:
-            past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
-        if not use_cache:
-            past_key_values = None
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
-        self_mask = None
-        if decoder_attention_mask is not None:
-            self_mask = decoder_attention_mask.bool()
-            if past and self_mask.shape[1] == decoder_input_ids.shape[1]:
-                # A mask for the new tokens only: the cached ones were attended to before, so they are tokens.
-                self_mask = torch.cat([self_mask.new_ones(self_mask.shape[0], past), self_mask], dim=1)
+            if use_cache and past_key_values is None:
+                past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+            if not use_cache:
+                past_key_values = None
+            past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            self_mask = None
+            if decoder_attention_mask is not None:
+                self_mask = decoder_attention_mask.bool()
+                if past and self_mask.shape[1] == decoder_input_ids.shape[1]:
+                    # A mask for the new tokens only: the cached ones were attended to before, so they are tokens.
+                    self_mask = torch.cat([self_mask.new_ones(self_mask.shape[0], past), self_mask], dim=1)
 
-        hidden = self.encoder.embeddings(decoder_input_ids, past_length=past)
-        hidden, decoder_hidden_states = self.decoder(hidden, encoder_hidden, self_mask, cross_mask,
-                                                     past_key_values=past_key_values,
-                                                     output_hidden_states=output_hidden_states)
-        logits, loss, token_losses = self.lm_head(hidden, labels)
+            hidden = self.encoder.embeddings(decoder_input_ids, past_length=past)
+            hidden, decoder_hidden_states = self.decoder(hidden, encoder_hidden, self_mask, cross_mask,
+                                                         past_key_values=past_key_values,
+                                                         output_hidden_states=output_hidden_states)
+            logits, loss, token_losses = self.lm_head(hidden, labels)
 
         out = SWCMSeq2SeqLMOutput(
             loss=loss, logits=logits, past_key_values=past_key_values, decoder_hidden_states=decoder_hidden_states,

@@ -24,6 +24,7 @@ from swcm.config import ConfigError, RunConfig
 from swcm.training import checkpointing
 from swcm.training.ds_config import load_ds_config, micro_batch_size
 from swcm.training.fp32_master import share_fp32_master
+from swcm.training.gloo_collectives import use_bounded_gloo_collectives
 from swcm.training.metrics import LossTracker, device_peak_flops, memory_gb, model_flops
 
 log = logging.getLogger("swcm.pretrain")
@@ -78,6 +79,9 @@ class Pretrainer:
                               f"{cfg.model.attn_implementation!r}")
         if not cfg.data.shards:
             raise ConfigError("data.shards: no shard directory given")
+        if cfg.train.gloo_piece_mb < 0:
+            raise ConfigError(f"train.gloo_piece_mb: expected a size in MiB >= 0 (0 = off), "
+                              f"got {cfg.train.gloo_piece_mb}")
         self.tokenizer = load_tokenizer(model_dir)
         check_shards(cfg.data.shards, self.tokenizer)
         if cfg.data.dev_shards:
@@ -97,6 +101,10 @@ class Pretrainer:
         cfg = self.cfg
         deepspeed.init_distributed()
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        piece_bytes = int(cfg.train.gloo_piece_mb * 2 ** 20)
+        if piece_bytes and use_bounded_gloo_collectives(piece_bytes) and self.rank == 0:
+            log.info("gloo: all-gathers and reduce-scatters above %.4g MiB run in pieces of that size (bounded memory)",
+                     cfg.train.gloo_piece_mb)
         # ZeRO-3: with an HfDeepSpeedConfig alive, `from_pretrained` builds the model under `zero.Init` and
         # loads each weight into its partition, so no rank ever holds the whole model (a bare `zero.Init`
         # would partition submodules before `_init_weights` runs; see CPU-NOTES). Other stages build it whole.
