@@ -227,8 +227,8 @@ class TiedEmbeddingGrad:
     def add(self, dense=None, ids=None, rows=None):
         """Adds one contributor's part (dense, or rows at ids). Returns the sum when this was the last part
         registered, else None (autograd then gets the gradient from the last contributor only)."""
-        if dense is not None:
-            self.total = dense  # the head's backward made it for this node alone: ours to add into
+        if dense is not None:  # the head's backward made it for this node alone: ours to add into
+            self.total = dense if self.total is None else self.total.add_(dense)
         else:
             self.early_rows.append((ids, rows))
         if self.total is not None:
@@ -713,7 +713,8 @@ class SWCMForConditionalGeneration(PreTrainedModel, GenerationMixin):
             cross_mask = attention_mask.bool() if attention_mask is not None else None
 
             if use_cache and past_key_values is None:
-                past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+                past_key_values = EncoderDecoderCache(DynamicCache(config=self.config),
+                                                      DynamicCache(config=self.config))
             if not use_cache:
                 past_key_values = None
             past = past_key_values.get_seq_length() if past_key_values is not None else 0

@@ -64,6 +64,26 @@ def test_tied_head_gradient_is_the_sum_of_lookup_and_head_gradients(fused):
     torch.testing.assert_close(g_t["lm_head.bias"], g_u["lm_head.bias"], atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("order", [("head", "enc", "dec"), ("enc", "head", "dec"), ("enc", "dec", "head")])
+def test_tied_gradient_sum_is_handed_over_once_whatever_the_arrival_order(order):
+    from swcm.modeling_swcm import TiedEmbeddingGrad
+
+    g = torch.Generator().manual_seed(0)
+    head = torch.randn(11, 4, generator=g)
+    ids = {"enc": torch.tensor([3, 5, 3]), "dec": torch.tensor([5, 0])}
+    rows = {k: torch.randn(len(v), 4, generator=g) for k, v in ids.items()}
+    expected = head.clone()
+    for k in ids:
+        expected.index_add_(0, ids[k], rows[k])
+
+    tied = TiedEmbeddingGrad()
+    for _ in order:
+        tied.register()
+    handed = [tied.add(dense=head.clone()) if k == "head" else tied.add(ids=ids[k], rows=rows[k]) for k in order]
+    assert all(h is None for h in handed[:-1])
+    torch.testing.assert_close(handed[-1], expected)
+
+
 def test_triton_attention_and_fused_loss_match_eager_and_naive_loss(monkeypatch):
     pytest.importorskip("triton")
     from kernels import triton_interpreter_state
