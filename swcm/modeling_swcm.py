@@ -530,7 +530,6 @@ class LMHead(nn.Linear):
         logits = None
         if fused is not None and y.numel() > 0:
             # Only the scored rows go through the kernel: pads and the given <tgt_lang> cost nothing.
-            getattr(__import__('builtins'), '_memmark', lambda n: None)('head_start')  # MEMMARK
             loss, per_token = fused(hidden[scored], weight, y, bias=self.bias, ignore_index=-100,
                                     label_smoothing=smoothing, return_token_losses=True)
         else:
