@@ -25,6 +25,16 @@ class _Done:
         return True
 
 
+def _pieces(n, world, like, piece_bytes):
+    """Yields (start, end, piece) over n elements per rank in steps that keep world x step elements within
+    piece_bytes; piece is a contiguous (world, end - start) view of one staging tensor reused for every step."""
+    step = max(1, piece_bytes // (world * like.element_size()))
+    buffer = torch.empty(world * min(step, n), dtype=like.dtype, device=like.device)
+    for start in range(0, n, step):
+        end = min(start + step, n)
+        yield start, end, buffer[:world * (end - start)].view(world, end - start)
+
+
 def all_gather_into_tensor(output_tensor, input_tensor, group=None, async_op=False, *, piece_bytes=PIECE_BYTES):
     """torch.distributed.all_gather_into_tensor, with the same result; when the gathered tensor is larger than
     piece_bytes it runs synchronously in pieces of input_tensor (then a handle that is already done is returned
@@ -35,14 +45,10 @@ def all_gather_into_tensor(output_tensor, input_tensor, group=None, async_op=Fal
     if not (input_tensor.is_contiguous() and output_tensor.is_contiguous()) or output_tensor.numel() != n * world:
         raise ValueError(f"all_gather_into_tensor: contiguous input ({n}) and output ({n} x {world}) expected, "
                          f"got {input_tensor.numel()} and {output_tensor.numel()} elements")
-    step = max(1, piece_bytes // (world * input_tensor.element_size()))
     source, out = input_tensor.view(-1), output_tensor.view(world, n)
-    buffer = torch.empty(world * min(step, n), dtype=input_tensor.dtype, device=input_tensor.device)
-    for start in range(0, n, step):
-        end = min(start + step, n)
-        piece = buffer[:world * (end - start)]
-        dist.all_gather_into_tensor(piece, source[start:end], group=group)
-        out[:, start:end].copy_(piece.view(world, end - start))
+    for start, end, piece in _pieces(n, world, input_tensor, piece_bytes):
+        dist.all_gather_into_tensor(piece.view(-1), source[start:end], group=group)
+        out[:, start:end].copy_(piece)
     return _Done() if async_op else None
 
 
@@ -57,12 +63,8 @@ def reduce_scatter_tensor(output_tensor, input_tensor, op=dist.ReduceOp.SUM, gro
     if not (input_tensor.is_contiguous() and output_tensor.is_contiguous()) or input_tensor.numel() != n * world:
         raise ValueError(f"reduce_scatter_tensor: contiguous input ({n} x {world}) and output ({n}) expected, "
                          f"got {input_tensor.numel()} and {output_tensor.numel()} elements")
-    step = max(1, piece_bytes // (world * input_tensor.element_size()))
     source, out = input_tensor.view(world, n), output_tensor.view(-1)
-    buffer = torch.empty(world * min(step, n), dtype=input_tensor.dtype, device=input_tensor.device)
-    for start in range(0, n, step):
-        end = min(start + step, n)
-        piece = buffer[:world * (end - start)].view(world, end - start)
+    for start, end, piece in _pieces(n, world, input_tensor, piece_bytes):
         piece.copy_(source[:, start:end])
         dist.reduce_scatter_tensor(out[start:end], piece.view(-1), op=op, group=group)
     return _Done() if async_op else None
