@@ -2,12 +2,12 @@
 # The embedded default, end to end on this machine (2 CPU ranks):
 #   demo corpus -> tokenizer + stand-in XLM-R encoder -> SWCM init (from-encoder) -> webdataset shards ->
 #   DeepSpeed pretraining (ZeRO-2, 2 ranks) -> checkpoint -> HF export -> a generation.
-# Everything lands in runs/demo/; re-running reuses finished stages (delete runs/demo to start over).
+# Everything lands in runs/demo/ (or $OUT); re-running reuses finished stages (delete it to start over).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DS=${DS:-.venv/bin/deepspeed}
-OUT=runs/demo
+OUT=${OUT:-runs/demo}
 D=data/demo
 NTREX=$D/parallel/ntrex128/ntrex128
 export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
