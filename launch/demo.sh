@@ -37,7 +37,8 @@ if [ ! -f $OUT/shards/train/index.json ]; then
 fi
 echo "== 4/6 pretraining: deepspeed, 2 CPU ranks, ZeRO-2 (resumes if a checkpoint exists)"
 $DS --num_gpus 2 launch/pretrain.py --config configs/demo.json --deepspeed_config ds_configs/zero2.json \
-  --out $OUT/run --resume
+  --out $OUT/run --resume \
+  --set model.path=$OUT/swcm-init --set data.shards=$OUT/shards/train --set data.dev_shards=$OUT/shards/dev
 echo "== 5/6 export: newest checkpoint -> HF directory (safetensors, remote code), verified by reloading"
 $PY launch/convert_checkpoint.py to-hf --run $OUT/run --out $OUT/hf --overwrite
 echo "== 6/6 generation: zh -> bo with beam search from the exported directory"
