@@ -21,6 +21,6 @@ setup(
     ],
     extras_require={
         "triton": ["triton>=3.0"],
-        "dev": ["pytest>=8", "pytest-timeout>=2", "triton>=3.0"],
+        "dev": ["pytest>=8", "pytest-timeout>=2", "triton>=3.0", "psutil>=5.9"],   # psutil: process checks in tests
     },
 )

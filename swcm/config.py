@@ -1,7 +1,8 @@
-"""Run configs: one JSON file with `model`, `data` and `train` sections, plus `--set key=value` overrides.
+"""Run configs: one JSON file with `model`, `data` and `train` sections (fine-tuning adds `eval`), plus
+`--set key=value` overrides.
 
-Every key is checked: an unknown key, a wrong type or an unreadable file is a `ConfigError` naming the
-file and the dotted key, raised before any work starts.
+Every key is checked: an unknown key, a wrong type, a value out of range or an unreadable file is a `ConfigError`
+naming the file and the dotted key, raised before any work starts (and before any process group exists).
 """
 
 from __future__ import annotations
@@ -11,42 +12,42 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
+from swcm.config_checks import Checked, ConfigError, bounded
 from swcm.data.config import DataConfig
 
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message names the file and key."""
+__all__ = ["ConfigError", "EvalConfig", "FinetuneDataConfig", "FinetuneRunConfig", "ModelConfig", "RunConfig",
+           "TrainConfig", "TrainFile", "load_config"]
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Checked):
     path: str = ""                      # an SWCM HF dir (from `convert_checkpoint.py from-encoder`)
-    attn_implementation: str = "sdpa"   # eager | sdpa | triton
+    attn_implementation: Literal["eager", "sdpa", "triton"] = "sdpa"
     fused_lm_head_ce: bool = True       # chunked LM head + cross-entropy (never holds N x V logits)
     gradient_checkpointing: bool = False
 
 
 @dataclass
-class TrainConfig:
-    max_steps: int = 1000
-    lr: float = 1e-4                    # paper: AdamW, peak 1e-4
-    warmup_ratio: float = 0.1           # paper: linear warmup over 10% of the steps, then linear decay
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    label_smoothing: float = 0.0
-    micro_batch_size: int = 0           # samples per rank per micro-step; 0 = the DeepSpeed JSON's value
-    global_batch_size: int = 0          # samples per optimizer step over all ranks; 0 = the DeepSpeed JSON's
-    seed: int = 1234
-    log_every: int = 10
-    save_every: int = 200
-    keep_last: int = 3
-    dev_every: int = 200
-    dev_batches: int = 8
-    max_nonfinite_in_a_row: int = 5     # a run whose loss stays NaN/inf this long stops
-    gloo_piece_mb: float = 32.0         # gloo (CPU ranks): collectives above this size run in pieces of it; 0 = off
+class TrainConfig(Checked):
+    max_steps: int = bounded(1000, ge=1)
+    lr: float = bounded(1e-4, gt=0)                    # paper: AdamW, peak 1e-4
+    warmup_ratio: float = bounded(0.1, ge=0, le=1)     # paper: linear warmup over 10% of the steps, linear decay
+    weight_decay: float = bounded(0.01, ge=0)
+    betas: tuple[float, float] = bounded((0.9, 0.98), ge=0, lt=1)
+    eps: float = bounded(1e-6, gt=0)
+    label_smoothing: float = bounded(0.0, ge=0, lt=1)
+    micro_batch_size: int = bounded(0, ge=0)    # samples per rank per micro-step; 0 = the DeepSpeed JSON's value
+    global_batch_size: int = bounded(0, ge=0)   # samples per optimizer step over all ranks; 0 = the DeepSpeed JSON's
+    seed: int = bounded(1234, ge=0)
+    log_every: int = bounded(10, ge=1)
+    save_every: int = bounded(200, ge=1)
+    keep_last: int = bounded(3, ge=1)
+    dev_every: int = bounded(200, ge=0)         # 0 = no dev evaluation
+    dev_batches: int = bounded(8, ge=1)
+    max_nonfinite_in_a_row: int = bounded(5, ge=1)   # a run whose loss stays NaN/inf this many steps stops
+    gloo_piece_mb: float = bounded(32.0, ge=0)  # gloo (CPU ranks): collectives above this size run in pieces; 0 = off
 
 
 @dataclass
@@ -59,17 +60,81 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+# ---------------------------------------------------------------------------------------------------- fine-tuning
+
+
+@dataclass
+class FinetuneModelConfig(ModelConfig):
+    init_run: str = ""                  # a pretraining run dir: start from its newest complete checkpoint instead
+
+
+@dataclass
+class TrainFile(Checked):
+    """A train JSONL file; in a config, a plain string is a file with the defaults."""
+    path: str = ""
+    cap: int = bounded(0, ge=0)          # at most this many of its examples (a seeded choice, fixed for the run); 0 = all
+    weight: float = bounded(1.0, gt=0)   # reads per kept example per epoch (2.0 oversamples twice, 0.5 reads half)
+
+
+@dataclass
+class FinetuneDataConfig(Checked):
+    train: list[TrainFile] = field(default_factory=list)   # JSONL: {source, target, src_lang, tgt_lang} or MRC
+    dev: str = ""                                          # JSONL scored every train.dev_every steps ("" = none)
+    max_len: int = bounded(256, ge=4)        # tokens per side, special tokens included (longer text is truncated)
+    max_tokens: int = bounded(4096, ge=1)    # token budget of one micro-batch (padded source + target tokens)
+    max_samples: int = bounded(64, ge=1)     # and at most this many examples in it
+    pad_to_multiple: int = bounded(8, ge=1)
+    bucket_batches: int = bounded(16, ge=1)  # length bucketing over windows of max_samples x this many examples
+    seed: int = bounded(1234, ge=0)
+
+
+@dataclass
+class EvalConfig(Checked):
+    """Dev evaluation while fine-tuning: generation scored as launch/evaluate.py scores it."""
+    metric: Literal["chrf", "rouge_l", "bleu", "loss"] = "chrf"   # keeps the best checkpoint, drives early stopping
+    patience: int = bounded(0, ge=0)          # stop after this many evaluations without a better metric; 0 = never
+    beam: int = bounded(5, ge=1)
+    max_new_tokens: int = bounded(128, ge=1)
+    batch_size: int = bounded(16, ge=1)       # sentences per generate() call
+    max_examples: int = bounded(0, ge=0)      # dev examples generated per evaluation (the first ones); 0 = all
+
+
+@dataclass
+class FinetuneRunConfig:
+    model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+
+
 def _coerce(value: Any, typ: Any, where: str) -> Any:
     origin = typing.get_origin(typ)
     if dataclasses.is_dataclass(typ):
+        if isinstance(value, str):   # shorthand: a string fills the first field (a train file's path)
+            value = {dataclasses.fields(typ)[0].name: value}
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected an object, got {type(value).__name__}")
         return from_dict(typ, value, where)
+    if origin is list:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, typing.get_args(typ)[0], f"{where}[{i}]") for i, v in enumerate(items)]
     if origin is tuple:
         args = typing.get_args(typ)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
+    if origin is Literal:
+        if value not in typing.get_args(typ):
+            raise ConfigError(f"{where}: expected one of {'|'.join(map(str, typing.get_args(typ)))}, got {value!r}")
+        return value
     if typ is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
@@ -97,7 +162,10 @@ def from_dict(cls, data: dict, where: str = ""):
     if unknown:
         raise ConfigError(f"{where or 'config'}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}.{e}" if where else str(e)) from None
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -125,8 +193,9 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     return data
 
 
-def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read a run config (JSON) and apply overrides; `path=None` starts from the defaults."""
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), cls=RunConfig):
+    """Read a run config (JSON) of type `cls` (RunConfig for pretraining, FinetuneRunConfig) and apply overrides;
+    `path=None` starts from the defaults."""
     raw: dict = {}
     where = "config"
     if path is not None:
@@ -143,6 +212,6 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunCo
             raise ConfigError(f"{path}: expected a JSON object at the top level")
     raw = apply_overrides(raw, overrides)
     try:
-        return from_dict(RunConfig, raw)
+        return from_dict(cls, raw)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None

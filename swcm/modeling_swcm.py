@@ -20,9 +20,12 @@ Architecture (Su et al., ACL 2025, "Multilingual Encoder Knows more than You Rea
 State-dict keys: `encoder.*` (XLMRobertaModel names), `decoder.layers.{j}.*`, `lm_head.weight` (only when untied;
 tied checkpoints store the embedding once and re-tie on load), `lm_head.bias`.
 
-Batch convention (see swcm/seq2seq_inputs.py): encoder `<s> <src_lang> x </s>`; decoder input `<s> <tgt_lang> y`,
-labels `<tgt_lang> y </s>` with the `<tgt_lang>` position set to -100 (given, not predicted). Generation starts
-from `decoder_start_token_id` (= `<s>`) and is forced to emit the target tag next via `forced_bos_token_id`.
+Batch layout (swcm/seq2seq_layout.py, which travels with this file): encoder `<s> <src_lang> x </s>`; labels
+`<tgt_lang> y </s>` with the target-language tag as the first label token (scored, mBART-50's convention);
+decoder inputs `<s> <tgt_lang> y`, the labels shifted right, derived here when only labels are given (so
+`DataCollatorForSeq2Seq` and `Seq2SeqTrainer` work). Generation starts from `decoder_start_token_id` (= `<s>`);
+to choose the target language, force the tag (`forced_bos_token_id`) or pass `decoder_input_ids = <s> <tgt_lang>`;
+a model fine-tuned towards one language emits its tag unforced.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+
+from .seq2seq_layout import IGNORE_INDEX, decoder_mask_from_labels, shift_right
 
 DECODER_INITS = ("encoder", "random", "duplicate")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "triton")
@@ -515,29 +520,31 @@ class LMHead(nn.Linear):
         super().__init__(config.hidden_size, config.vocab_size, bias=True)
         self.config = config
 
-    def forward(self, hidden, labels=None):
+    def forward(self, hidden, labels=None, num_items_in_batch=None):
         """Returns (logits, loss, token_losses). Without labels: (logits (B,T,V), None, None). With labels (B,T)
-        (-100 = not scored): loss = mean cross-entropy over scored tokens (0, with a graph, when there are
-        none); token_losses (B,T) fp32, detached, 0 where not scored; logits None on the fused path."""
+        (IGNORE_INDEX = not scored): loss = sum of the scored tokens' cross-entropy / `num_items_in_batch`
+        (default: the number of scored tokens here, i.e. their mean; 0, with a graph, when there are none);
+        token_losses (B,T) fp32, detached, 0 where not scored; logits None on the fused path."""
         if labels is None:
             return F.linear(hidden, self.weight, self.bias), None, None
         weight = self.weight if self.tied_grad is None else _HeadWeight.apply(self.weight, self.tied_grad)
-        scored = labels.ne(-100)
+        scored = labels.ne(IGNORE_INDEX)
         y = labels[scored]
         smoothing = self.config.label_smoothing
         fused = _optional_kernel("kernels.lm_head_ce", "fused_linear_cross_entropy") \
             if self.config.fused_lm_head_ce else None
         logits = None
         if fused is not None and y.numel() > 0:
-            # Only the scored rows go through the kernel: pads and the given <tgt_lang> cost nothing.
-            loss, per_token = fused(hidden[scored], weight, y, bias=self.bias, ignore_index=-100,
+            # Only the scored rows go through the kernel: pads cost nothing. It returns their mean.
+            mean, per_token = fused(hidden[scored], weight, y, bias=self.bias, ignore_index=IGNORE_INDEX,
                                     label_smoothing=smoothing, return_token_losses=True)
+            total = mean * y.numel()
         else:
             logits = F.linear(hidden, weight, self.bias)
             per_token = F.cross_entropy(logits[scored].float(), y, reduction="none", label_smoothing=smoothing)
-            # sum / max(n, 1): nothing to score gives 0 (still attached to the graph, so backward() works),
-            # not the NaN of a mean over nothing.
-            loss = per_token.sum() / max(y.numel(), 1)
+            total = per_token.sum()
+        # Nothing to score gives 0 (still attached to the graph, so backward() works), not a NaN mean over nothing.
+        loss = total / (num_items_in_batch if num_items_in_batch is not None else max(y.numel(), 1))
         token_losses = torch.zeros(labels.shape, dtype=torch.float32, device=hidden.device)
         token_losses[scored] = per_token.detach().float()
         return logits, loss, token_losses
@@ -550,7 +557,7 @@ class LMHead(nn.Linear):
 
 @dataclass
 class SWCMSeq2SeqLMOutput(Seq2SeqLMOutput):
-    """Seq2SeqLMOutput plus `token_losses` (B,T): fp32 detached per-token loss, 0 where labels are -100 (the
+    """Seq2SeqLMOutput plus `token_losses` (B,T): fp32 detached per-token loss, 0 where labels are IGNORE_INDEX (the
     trainer logs per-language loss from it). `logits` is None when the fused head+loss kernel ran."""
 
     token_losses: torch.FloatTensor | None = None
@@ -560,8 +567,8 @@ class SWCMForConditionalGeneration(PreTrainedModel, GenerationMixin):
     """XLM-SWCM encoder-decoder with a language-model head.
 
     forward(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, labels, ...) — masks are 1 for
-    tokens, 0 for padding; labels are aligned with decoder_input_ids (no shifting here) and -100 where not
-    scored. decoder_input_ids are required: they cannot be derived from labels whose tag position is -100.
+    tokens, 0 for padding; labels are aligned with decoder_input_ids and IGNORE_INDEX where not scored. Given
+    labels alone, the decoder inputs and their mask are derived from them (seq2seq_layout.shift_right).
     """
 
     config_class = SWCMConfig
@@ -603,6 +610,10 @@ class SWCMForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def get_encoder(self) -> SWCMEncoder:
         return self.encoder
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """decoder_input_ids for `labels`: `<s>` then the labels shifted right (what DataCollatorForSeq2Seq calls)."""
+        return shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
 
     # -- initialisation --
 
@@ -690,14 +701,23 @@ class SWCMForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 encoder_outputs=None, past_key_values=None, labels=None, use_cache=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, **kwargs) -> SWCMSeq2SeqLMOutput | tuple:
+                output_hidden_states=None, return_dict=None, num_items_in_batch=None,
+                **kwargs) -> SWCMSeq2SeqLMOutput | tuple:
         """Logits (or, with labels, loss + token_losses) for decoder_input_ids given the source.
 
         Pass input_ids (+ attention_mask) or precomputed encoder_outputs. past_key_values: an
         EncoderDecoderCache (generate() makes one); with it, decoder_input_ids are only the new tokens.
+        num_items_in_batch: the loss divisor (scored tokens over every micro-batch and rank of an optimizer step,
+        as the HF Trainer passes it), so that the step's gradient is that of a per-token mean; default: this
+        batch's scored tokens.
         """
+        if labels is not None and decoder_input_ids is None:
+            decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+            if decoder_attention_mask is None:
+                decoder_attention_mask = decoder_mask_from_labels(labels)
         if decoder_input_ids is None:
-            raise ValueError("decoder_input_ids are required (<s> <tgt_lang> y); see swcm.seq2seq_inputs")
+            raise ValueError("pass decoder_input_ids (<s> <tgt_lang> y) or labels (<tgt_lang> y </s>); "
+                             "see swcm/seq2seq_layout.py")
         if output_attentions:
             raise ValueError("SWCM does not return attention weights (output_attentions=True)")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -728,7 +748,7 @@ class SWCMForConditionalGeneration(PreTrainedModel, GenerationMixin):
             hidden, decoder_hidden_states = self.decoder(hidden, encoder_hidden, self_mask, cross_mask,
                                                          past_key_values=past_key_values,
                                                          output_hidden_states=output_hidden_states)
-            logits, loss, token_losses = self.lm_head(hidden, labels)
+            logits, loss, token_losses = self.lm_head(hidden, labels, num_items_in_batch)
 
         out = SWCMSeq2SeqLMOutput(
             loss=loss, logits=logits, past_key_values=past_key_values, decoder_hidden_states=decoder_hidden_states,

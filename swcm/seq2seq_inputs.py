@@ -1,11 +1,7 @@
-"""Seq2seq batches in the XLM-SWCM convention, built the same way by tests, fine-tuning and users.
+"""Tokenised seq2seq batches in the layout of `swcm.seq2seq_layout`, for tests, fine-tuning, evaluation and users.
 
-    encoder            <s> <src_lang> x </s>
-    decoder sequence   <s> <tgt_lang> y </s>
-    decoder_input_ids  <s> <tgt_lang> y          (all but the last token: teacher forcing)
-    labels             <tgt_lang> y </s>         (all but the first), with <tgt_lang> set to -100: generation is
-                                                  given `<s> <tgt_lang>` as its prefix, so the tag is never predicted.
-Padding is on the right: pad id in the inputs, 0 in the masks, -100 in the labels.
+The data loader builds the same tensors from token ids (`swcm.data.batching.collate`); a test checks that both
+builders agree on the same example.
 """
 
 from __future__ import annotations
@@ -14,9 +10,9 @@ from typing import Sequence
 
 import torch
 
+from swcm.seq2seq_layout import (IGNORE_INDEX, decoder_mask_from_labels, encoder_ids, label_ids,
+                                 shift_right)
 from swcm.tokenization import lang_tag
-
-IGNORE_INDEX = -100
 
 
 def _per_example(value: str | Sequence[str], n: int, what: str) -> list[str]:
@@ -57,8 +53,8 @@ def build_seq2seq_inputs(tokenizer, src_texts: Sequence[str], tgt_texts: Sequenc
     def body(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"][: max_len - 3]
 
-    enc = [[bos, _tag_id(tokenizer, c)] + body(t) + [eos] for t, c in zip(src_texts, src_codes)]
-    input_ids = _pad(enc, pad)
+    input_ids = _pad([encoder_ids(bos, _tag_id(tokenizer, c), body(t), eos) for t, c in zip(src_texts, src_codes)],
+                     pad)
     batch = {"input_ids": input_ids, "attention_mask": input_ids.ne(pad).long()}
     if tgt_texts is None:
         batch["decoder_input_ids"] = torch.tensor([[bos, _tag_id(tokenizer, c)] for c in tgt_codes])
@@ -66,10 +62,8 @@ def build_seq2seq_inputs(tokenizer, src_texts: Sequence[str], tgt_texts: Sequenc
         return batch
     if len(tgt_texts) != n:
         raise ValueError(f"{n} source texts but {len(tgt_texts)} target texts")
-
-    full = [[bos, _tag_id(tokenizer, c)] + body(t) + [eos] for t, c in zip(tgt_texts, tgt_codes)]
-    decoder_input_ids = _pad([seq[:-1] for seq in full], pad)
-    labels = _pad([[IGNORE_INDEX] + seq[2:] for seq in full], IGNORE_INDEX)
-    batch.update(decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_input_ids.ne(pad).long(),
+    labels = _pad([label_ids(_tag_id(tokenizer, c), body(t), eos) for t, c in zip(tgt_texts, tgt_codes)],
+                  IGNORE_INDEX)
+    batch.update(decoder_input_ids=shift_right(labels, bos, pad), decoder_attention_mask=decoder_mask_from_labels(labels),
                  labels=labels)
     return batch

@@ -1,12 +1,16 @@
 """Shared fixtures: a real sentencepiece tokenizer trained on data/demo and tiny random XLM-R checkpoints.
 
-TRITON_INTERPRET must be set before triton is first imported anywhere (transformers may import it), so it
-is set here, at collection time, for the whole suite: kernels run on CPU tensors under the interpreter.
+Without CUDA the Triton kernels run on CPU tensors under the interpreter, and TRITON_INTERPRET must be set before
+triton is first imported anywhere (transformers may import it): it is set here, at collection time. With CUDA it is
+left alone, so the `gpu` tests run the compiled kernels.
 """
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -7,6 +7,7 @@ from transformers import XLMRobertaConfig, XLMRobertaModel
 
 from swcm.convert.from_encoder import from_hf
 from swcm.modeling_swcm import SWCMConfig, SWCMForConditionalGeneration
+from swcm.seq2seq_layout import IGNORE_INDEX, decoder_mask_from_labels, shift_right
 
 PAD = 1
 
@@ -44,18 +45,17 @@ def swcm_from_xlmr(xlmr: XLMRobertaModel, seed: int = 1, **config_overrides) -> 
 
 
 def padded_batch(vocab_size: int = 97, seed: int = 0):
-    """Encoder and decoder ids with right padding of different lengths, labels with -100 at the tag and pads."""
+    """Encoder ids and labels with right padding of different lengths, decoder inputs and masks derived from the
+    labels (swcm.seq2seq_layout: labels `<tag> y </s>`, IGNORE_INDEX at pads)."""
     g = torch.Generator().manual_seed(seed)
     src_lens, tgt_lens = [9, 5, 7], [6, 8, 3]
     input_ids = torch.full((3, max(src_lens)), PAD)
-    decoder_input_ids = torch.full((3, max(tgt_lens)), PAD)
-    labels = torch.full((3, max(tgt_lens)), -100)
+    labels = torch.full((3, max(tgt_lens)), IGNORE_INDEX)
     for b, (s, t) in enumerate(zip(src_lens, tgt_lens)):
         input_ids[b, :s] = torch.randint(3, vocab_size, (s,), generator=g)
         input_ids[b, 0], input_ids[b, s - 1] = 0, 2
-        seq = torch.randint(3, vocab_size, (t + 1,), generator=g)
-        seq[0], seq[t] = 0, 2
-        decoder_input_ids[b, :t] = seq[:t]
-        labels[b, 1:t] = seq[2:t + 1]
-    return dict(input_ids=input_ids, attention_mask=input_ids.ne(PAD).long(), decoder_input_ids=decoder_input_ids,
-                decoder_attention_mask=decoder_input_ids.ne(PAD).long(), labels=labels)
+        labels[b, :t] = torch.randint(3, vocab_size, (t,), generator=g)
+        labels[b, t - 1] = 2
+    return dict(input_ids=input_ids, attention_mask=input_ids.ne(PAD).long(),
+                decoder_input_ids=shift_right(labels, 0, PAD), decoder_attention_mask=decoder_mask_from_labels(labels),
+                labels=labels)

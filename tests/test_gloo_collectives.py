@@ -2,11 +2,14 @@
 all_gather_into_tensor and reduce_scatter_tensor give, on 2 gloo ranks, for sizes that leave a partial last
 piece, one piece, and tensors under the threshold (passed through), in fp32 and bf16."""
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from swcm.training import gloo_collectives as gc
+
+pytestmark = pytest.mark.distributed   # two processes
 
 WORLD = 2
 PIECE = 64  # bytes: a few elements per piece, so that small tensors take many pieces

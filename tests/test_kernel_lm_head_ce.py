@@ -1,20 +1,16 @@
 """kernels.lm_head_ce vs F.linear + F.cross_entropy, with the per-dtype table in kernel_utils.
 
-impl="triton" runs in the Triton interpreter on CPU, which needs TRITON_INTERPRET=1 before triton is
-first imported (hence the setdefault before any other import); impl="torch" runs anywhere.
+impl="triton" runs in the Triton interpreter on CPU (tests/conftest.py sets TRITON_INTERPRET=1 when there is no
+CUDA, before triton is first imported) and compiled on a GPU; impl="torch" runs anywhere.
 """
 
-import os
+import pytest
+import torch
+import torch.nn.functional as F
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from kernel_utils import COMPILE_SM90_PRELUDE, assert_close_table, run_without_interpreter  # noqa: E402
-from kernels import lm_head_ce as ce  # noqa: E402
-from kernels.lm_head_ce import fused_linear_cross_entropy, lm_head_ce_reference  # noqa: E402
+from kernel_utils import COMPILE_SM90_PRELUDE, assert_close_table, run_without_interpreter
+from kernels import lm_head_ce as ce
+from kernels.lm_head_ce import fused_linear_cross_entropy, lm_head_ce_reference
 
 IGNORE = -100
 DEVICE = "cuda" if torch.cuda.is_available() and not ce._INTERPRET_REQUESTED else "cpu"

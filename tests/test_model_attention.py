@@ -9,6 +9,7 @@ from helpers_model import padded_batch, random_xlmr, swcm_from_xlmr, tiny_xlmr_c
 
 import swcm.modeling_swcm as modeling
 from swcm.modeling_swcm import attention
+from swcm.seq2seq_layout import IGNORE_INDEX
 
 HAS_FLASH = importlib.util.find_spec("kernels.attention") is not None
 HAS_FUSED_CE = modeling._optional_kernel("kernels.lm_head_ce", "fused_linear_cross_entropy") is not None
@@ -77,14 +78,14 @@ def test_loss_token_losses_and_empty_batches():
     model = _model(fused_lm_head_ce=False, label_smoothing=0.1)
     batch = padded_batch()
     out = model(**batch)
-    scored = batch["labels"].ne(-100)
+    scored = batch["labels"].ne(IGNORE_INDEX)
     expected = F.cross_entropy(out.logits[scored], batch["labels"][scored], label_smoothing=0.1, reduction="none")
     assert torch.allclose(out.token_losses[scored], expected, atol=1e-6)
     assert out.token_losses.dtype == torch.float32 and not out.token_losses.requires_grad
     assert torch.count_nonzero(out.token_losses[~scored]) == 0
     assert torch.allclose(out.loss, expected.mean(), atol=1e-6)
     # No scored token: the loss is 0 (never NaN) and backward still works.
-    empty = model(**{**batch, "labels": torch.full_like(batch["labels"], -100)})
+    empty = model(**{**batch, "labels": torch.full_like(batch["labels"], IGNORE_INDEX)})
     assert empty.loss.item() == 0.0 and torch.count_nonzero(empty.token_losses) == 0
     empty.loss.backward()
 

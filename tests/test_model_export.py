@@ -14,6 +14,7 @@ from transformers import AutoTokenizer, EncoderDecoderCache
 from swcm.convert.from_encoder import convert_from_encoder
 from swcm.modeling_swcm import SWCMForConditionalGeneration
 from swcm.seq2seq_inputs import build_seq2seq_inputs
+from swcm.seq2seq_layout import IGNORE_INDEX
 from swcm.tokenization import add_language_tags
 
 SRC = ["བཀྲ་ཤིས་བདེ་ལེགས། ང་ཚོ་སློབ་གྲྭར་འགྲོ།", "今天天气很好"]
@@ -139,8 +140,8 @@ def test_seq2seq_inputs_layout(demo_tokenizer_dir):
     y = tok("你好", add_special_tokens=False)["input_ids"]
     assert batch["input_ids"][1, :len(y) + 3].tolist() == [0, tags["zh"], *y, 2]
     assert batch["decoder_input_ids"][0, :len(y) + 2].tolist() == [0, tags["bo"], *y]
-    assert batch["labels"][0, :len(y) + 2].tolist() == [-100, *y, 2]
-    assert batch["labels"][0, len(y) + 2:].eq(-100).all()  # padding is not scored
+    assert batch["labels"][0, :len(y) + 2].tolist() == [tags["bo"], *y, 2]  # the tag is the first label token
+    assert batch["labels"][0, len(y) + 2:].eq(IGNORE_INDEX).all()  # padding is not scored
     assert batch["input_ids"].shape[1] <= 6 and batch["decoder_input_ids"].shape[1] <= 5  # <s> <tag> y </s> <= 6
     assert batch["labels"][1, -1].item() == 2  # a truncated target still ends with </s>
     prefix = build_seq2seq_inputs(tok, ["你好"], None, "zh", "ug")

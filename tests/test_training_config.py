@@ -6,7 +6,7 @@ import pytest
 
 from swcm.config import ConfigError, load_config
 from swcm.training.ds_config import load_ds_config, micro_batch_size
-from swcm.training.trainer import linear_warmup_decay
+from swcm.training.schedule import warmup_linear_decay
 
 ROOT_CONFIGS = ["zero0", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"]
 
@@ -73,7 +73,65 @@ def test_run_config_errors_name_file_and_key(tmp_path):
     assert load_config("configs/xlm-swcm-base.json").train.global_batch_size == 600
 
 
-def test_linear_warmup_decay_schedule():
-    f = linear_warmup_decay(total_steps=100, warmup_ratio=0.1)
-    assert [round(f(s), 6) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
-    assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5) and f(100) == 0.0
+def _lrs(make_schedule, steps, lr=2.0, state=None):
+    import torch
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = make_schedule(opt)
+    if state:
+        sched.load_state_dict(state)   # the scheduler's own state only, as a resume on another layout may have
+    lrs = []
+    for _ in range(steps):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    return lrs, sched.state_dict()
+
+
+@pytest.mark.parametrize("total,ratio", [(100, 0.1), (24, 0.1), (10, 0.0)])
+def test_warmup_linear_decay_schedule_and_its_resume(total, ratio):
+    """The k-th step's lr is k / w during w warmup steps, then falls linearly to 0 at the last step; a schedule
+    restored from its state_dict continues exactly."""
+    w = round(total * ratio)
+    expected = [2.0 * (k / w if k < w else (total - k) / (total - w)) for k in range(total)]
+    make = lambda opt: warmup_linear_decay(opt, total, ratio)  # noqa: E731
+    assert _lrs(make, total)[0] == pytest.approx(expected, abs=1e-12)
+    first, state = _lrs(make, total // 2)
+    rest, _ = _lrs(make, total - total // 2, state=state)
+    assert first + rest == pytest.approx(expected, abs=1e-12)
+
+
+def test_torch_chainable_schedule_does_not_resume_from_its_own_state():
+    """Why swcm/training/schedule.py is not torch's LinearLR + SequentialLR: their lr lives in the optimizer."""
+    from torch.optim.lr_scheduler import LinearLR, SequentialLR
+
+    def make(opt):
+        return SequentialLR(opt, [LinearLR(opt, 0.1, 1.0, 9), LinearLR(opt, 1.0, 0.0, 90)], milestones=[10])
+
+    whole, _ = _lrs(make, 100)
+    first, state = _lrs(make, 50)
+    rest, _ = _lrs(make, 50, state=state)
+    assert first + rest != pytest.approx(whole, abs=1e-6)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.lr=-0.001", "train.lr: expected > 0, got -0.001"),
+    ("data.alpha=-1", "data.alpha: expected >= 0, got -1.0"),
+    ("data.mt_ratio=2", "data.mt_ratio: expected >= 0 and <= 1, got 2.0"),
+    ("train.max_steps=0", "train.max_steps: expected >= 1, got 0"),
+    ("train.betas=[0.9,1.5]", "train.betas: expected each value >= 0 and < 1, got (0.9, 1.5)"),
+    ("data.num_workers=-1", "data.num_workers: expected >= 0, got -1"),
+    ("model.attn_implementation=flash", "model.attn_implementation: expected one of eager|sdpa|triton, got 'flash'"),
+])
+def test_values_are_checked_by_the_config_types(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/demo.json", [override])
+    assert str(e.value) == f"configs/demo.json: {message}"
+    assert "\n" not in str(e.value)
+
+
+def test_config_types_check_values_built_in_python_too():
+    from swcm.data.config import DataConfig
+
+    with pytest.raises(ConfigError, match=r"^max_tokens: expected >= 1, got 0$"):
+        DataConfig(max_tokens=0)

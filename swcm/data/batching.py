@@ -1,9 +1,10 @@
 """Token-budget micro-batches with length bucketing, and collation into the trainer's batch dict.
 
-The batch contract (fixed; the trainer is written against it), B samples, S and T multiples of pad_to_multiple:
+The batch contract (fixed; the trainer is written against it), B samples, S and T multiples of pad_to_multiple,
+in the layout of `swcm.seq2seq_layout`:
   input_ids (B,S), attention_mask (B,S)                  encoder `<s> <src_lang> x </s>` (x noised for DAE)
-  decoder_input_ids (B,T), decoder_attention_mask (B,T)  `<s> <tgt_lang> y`
-  labels (B,T)                                           `-100 y </s>`, -100 at padding too
+  labels (B,T)                                           `<tgt_lang> y </s>`, IGNORE_INDEX at padding
+  decoder_input_ids (B,T), decoder_attention_mask (B,T)  `<s> <tgt_lang> y`, derived from the labels
   task, src_lang, tgt_lang, sample_id: lists of B str;  is_padding: bool (True for a filler batch)
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-IGNORE = -100   # the label value cross-entropy skips (torch's default ignore_index)
+from swcm.seq2seq_layout import DECODER_SPECIALS, IGNORE_INDEX, decoder_mask_from_labels, label_ids, shift_right
 
 
 def round_up(n: int | np.ndarray, multiple: int):
@@ -47,37 +48,35 @@ def collate(encoder: list[np.ndarray], target: list[np.ndarray], tgt_tags: list[
             sample_id: list[str]) -> dict:
     """Build the batch dict from full encoder sequences and clean targets y (content ids only), with int64
     numpy arrays (cheap to pickle out of a worker; `to_tensors` makes the trainer's torch tensors)."""
+    rows = [label_ids(tag, y, eos) for y, tag in zip(target, tgt_tags)]
+    return _batch(list(encoder), rows, bos=bos, pad=pad, multiple=multiple, task=task, src_lang=src_lang,
+                  tgt_lang=tgt_lang, sample_id=sample_id)
+
+
+def _batch(encoder: list, label_rows: list[list[int]], *, bos: int, pad: int, multiple: int, **meta) -> dict:
     b = len(encoder)
     s = round_up(max(len(x) for x in encoder), multiple)
-    t = round_up(max(len(y) for y in target) + 2, multiple)
+    t = round_up(max(len(r) for r in label_rows), multiple)
     input_ids = np.full((b, s), pad, dtype=np.int64)
     attention = np.zeros((b, s), dtype=np.int64)
-    dec_in = np.full((b, t), pad, dtype=np.int64)
-    dec_attention = np.zeros((b, t), dtype=np.int64)
-    labels = np.full((b, t), IGNORE, dtype=np.int64)
-    for i, (x, y, tag) in enumerate(zip(encoder, target, tgt_tags)):
+    labels = np.full((b, t), IGNORE_INDEX, dtype=np.int64)
+    for i, (x, row) in enumerate(zip(encoder, label_rows)):
         input_ids[i, :len(x)] = x
         attention[i, :len(x)] = 1
-        n = len(y)
-        dec_in[i, 0], dec_in[i, 1] = bos, tag
-        dec_in[i, 2:n + 2] = y
-        dec_attention[i, :n + 2] = 1
-        labels[i, 1:n + 1] = y        # labels[t] is the token after decoder_input_ids[t]; labels[0] (<tgt>) unscored
-        labels[i, n + 1] = eos
-    return {"input_ids": input_ids, "attention_mask": attention, "decoder_input_ids": dec_in,
-            "decoder_attention_mask": dec_attention, "labels": labels, "task": task, "src_lang": src_lang, "tgt_lang": tgt_lang,
-            "sample_id": sample_id, "is_padding": False}
+        labels[i, :len(row)] = row
+    label_tensor = torch.from_numpy(labels)
+    return {"input_ids": input_ids, "attention_mask": attention,
+            "decoder_input_ids": shift_right(label_tensor, bos, pad).numpy(),
+            "decoder_attention_mask": decoder_mask_from_labels(label_tensor).numpy(), "labels": labels,
+            **meta, "is_padding": False}
 
 
 def filler_batch(*, bos: int, eos: int, pad: int, multiple: int) -> dict:
-    """A one-sample batch for a rank that has run out of samples: `<s> </s>` in, `<s>` out, every label -100,
-    `is_padding` True. Its loss carries no tokens; the trainer runs it (so collectives stay in step) and
-    must not count it."""
-    batch = collate([np.array([bos, eos])], [np.zeros(0, dtype=np.int64)], [bos], bos=bos, eos=eos, pad=pad,
-                    multiple=multiple, task=["dae"], src_lang=[""], tgt_lang=[""], sample_id=[""])
-    batch["decoder_attention_mask"][0, 1] = 0   # the slot where a language tag would be is padding here
-    batch["decoder_input_ids"][0, 1] = pad
-    batch["labels"].fill(IGNORE)
+    """A one-sample batch for a rank that has run out of samples: `<s> </s>` in, `<s>` out, every label
+    IGNORE_INDEX, `is_padding` True. Its loss carries no tokens; the trainer runs it (so collectives stay in step)
+    and must not count it."""
+    batch = _batch([[bos, eos]], [[IGNORE_INDEX] * DECODER_SPECIALS], bos=bos, pad=pad,
+                   multiple=multiple, task=["dae"], src_lang=[""], tgt_lang=[""], sample_id=[""])
     batch["is_padding"] = True
     return batch
 

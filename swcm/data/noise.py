@@ -33,8 +33,10 @@ class DenoisingNoise:
         return self.mask_spans(ids, rng)
 
     def permute_sentences(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Shuffle the sentences of `ids` (split after each sentence-end token); unchanged if fewer than two."""
-        cuts = np.flatnonzero(self.sentence_end[ids[:-1]]) + 1
+        """Shuffle the sentences of `ids`, split after each sentence-end token that is not followed by another (a
+        run such as "། །" ends one sentence); unchanged if fewer than two."""
+        ends = self.sentence_end[ids]
+        cuts = np.flatnonzero(ends[:-1] & ~ends[1:]) + 1
         if len(cuts) == 0:
             return ids
         sentences = np.split(ids, cuts)

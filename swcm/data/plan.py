@@ -28,15 +28,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from swcm.data.batching import cut_batches
+from swcm.data.batching import cut_batches, round_up
 from swcm.data.mixing import PARALLEL, epoch_reads, stream_weights
+from swcm.seq2seq_layout import DECODER_SPECIALS, ENCODER_SPECIALS
 
 log = logging.getLogger(__name__)
 
 # Purpose tags mixed into every seed so that the draws for different decisions are independent.
 SHARD_ORDER, ASSIGN, BLOCK, MIX, DIRECTION, BATCH_ORDER, NOISE = range(1, 8)
-
-SPECIALS_ENCODER, SPECIALS_DECODER = 3, 2   # <s> <lang> x </s>;  <s> <lang> y (labels: y </s>)
 
 
 def rng(seed: int, *key: int) -> np.random.Generator:
@@ -118,7 +117,7 @@ def build_plan(spec: PlanSpec, epoch: int, streams: dict[str, dict], lengths: di
     if len(units) < num_slots:
         log.warning("only %d shard reads for %d (rank, worker) slots: splitting shards into sample ranges so that "
                     "every slot reads (more shards than ranks x workers avoid this)", len(units), num_slots)
-        units = _split_units(units, num_slots, lengths)
+        units = _split_units(units, num_slots, lengths, spec.pad_to_multiple)
     per_slot = _assign(spec, epoch, units, num_slots)
     parallel = np.array([streams[s]["task"] == PARALLEL for s in names])
     slots = [_slot_plan(spec, epoch, slot, [units[u] for u in per_slot[slot]], per_slot[slot], len(names),
@@ -126,12 +125,12 @@ def build_plan(spec: PlanSpec, epoch: int, streams: dict[str, dict], lengths: di
     return EpochPlan(epoch, units, slots, spec.num_workers, reads)
 
 
-def _unit_tokens(shard: str, start: int, stop: int, lengths: dict[str, np.ndarray]) -> int:
-    """The unit's batch cost: encoder + decoder lengths with their special tokens, each padded to a multiple
-    of 8 (what a sample costs in a batch; raw token counts undercount streams of short samples)."""
+def _unit_tokens(shard: str, start: int, stop: int, lengths: dict[str, np.ndarray], multiple: int) -> int:
+    """The unit's batch cost: encoder + decoder lengths with their special tokens, each padded to `multiple`
+    (what a sample costs in a batch; raw token counts undercount streams of short samples)."""
     n = lengths[shard][start:stop]
     src, tgt = (n, n) if n.ndim == 1 else (n[:, 0], n[:, 1])
-    return int((-(-(src + SPECIALS_ENCODER) // 8) * 8).sum() + (-(-(tgt + SPECIALS_DECODER) // 8) * 8).sum())
+    return int(round_up(src + ENCODER_SPECIALS, multiple).sum() + round_up(tgt + DECODER_SPECIALS, multiple).sum())
 
 
 def _units(spec, epoch, names, streams, lengths, reads) -> list[Unit]:
@@ -142,7 +141,8 @@ def _units(spec, epoch, names, streams, lengths, reads) -> list[Unit]:
         while need > 0:
             for k in rng(spec.seed, SHARD_ORDER, epoch, i, p).permutation(len(shards)):
                 take = min(need, len(lengths[shards[k]]))
-                units.append(Unit(shards[k], i, 0, take, _unit_tokens(shards[k], 0, take, lengths)))
+                cost = _unit_tokens(shards[k], 0, take, lengths, spec.pad_to_multiple)
+                units.append(Unit(shards[k], i, 0, take, cost))
                 need -= take
                 if need == 0:
                     break
@@ -150,7 +150,7 @@ def _units(spec, epoch, names, streams, lengths, reads) -> list[Unit]:
     return units
 
 
-def _split_units(units: list[Unit], target: int, lengths) -> list[Unit]:
+def _split_units(units: list[Unit], target: int, lengths, multiple: int) -> list[Unit]:
     """Halve the largest units until there are `target` of them (or every unit is a single sample)."""
     units = list(units)
     while len(units) < target:
@@ -159,8 +159,8 @@ def _split_units(units: list[Unit], target: int, lengths) -> list[Unit]:
         if u.stop - u.start < 2:
             break
         mid = (u.start + u.stop) // 2
-        units[big:big + 1] = [Unit(u.shard, u.stream, u.start, mid, _unit_tokens(u.shard, u.start, mid, lengths)),
-                              Unit(u.shard, u.stream, mid, u.stop, _unit_tokens(u.shard, mid, u.stop, lengths))]
+        units[big:big + 1] = [Unit(u.shard, u.stream, a, b, _unit_tokens(u.shard, a, b, lengths, multiple))
+                              for a, b in ((u.start, mid), (mid, u.stop))]
     return units
 
 
@@ -225,8 +225,8 @@ def _slot_plan(spec, epoch, slot, units, unit_ids, n_streams, parallel, lengths)
         else:
             f = flip[sel]
             src, tgt = np.where(f, lens[:, 1], lens[:, 0]), np.where(f, lens[:, 0], lens[:, 1])
-        enc_len[sel] = src + SPECIALS_ENCODER
-        dec_len[sel] = tgt + SPECIALS_DECODER
+        enc_len[sel] = src + ENCODER_SPECIALS
+        dec_len[sel] = tgt + DECODER_SPECIALS
     shape = is_parallel.astype(np.int64) + flip   # 0 DAE, 1 MT as stored, 2 MT reversed: like-shaped batches
     window = spec.max_samples * spec.bucket_batches
     batches = []

@@ -9,9 +9,12 @@ from __future__ import annotations
 import re
 import unicodedata
 
-# Sentence terminators per script: Tibetan shad and its variants (། ༎ ༏ ༐ ༑), Chinese full-width
-# (。！？), Arabic-script question mark and Urdu/Uyghur full stop (؟ ۔), and the Latin/Cyrillic . ! ?
-SENTENCE_END_CHARS = "།༎༏༐༑。！？؟۔.!?"
+# Sentence terminators per script: Tibetan shad and its variants (། ༎ ༏ ༐ ༑), traditional Mongolian full stop and
+# Manchu full stop (᠃ U+1803, ᠉ U+1809; the Mongolian comma ᠂ only separates clauses), Chinese full-width (。！？),
+# Arabic-script question mark and Urdu/Uyghur full stop (؟ ۔), and the Latin/Cyrillic . ! ?
+# Tibetan: a shad closes a clause or a sentence alike (the script has no separate full stop), so every shad is a
+# sentence end; a run of marks, also with spaces between them as in "། །", ends one sentence, after its last mark.
+SENTENCE_END_CHARS = "།༎༏༐༑᠃᠉。！？؟۔.!?"
 
 # C0/C1 control characters other than tab (kept: the tokenizer treats it as whitespace), and U+FFFD, the
 # mark a lossy decoder left behind: either means the line is not clean text.
@@ -53,10 +56,12 @@ def clean_text(text: str) -> tuple[str | None, str | None]:
 
 def is_sentence_end(text: str, pos: int) -> bool:
     """True if a sentence ends exactly at character offset `pos` of `text`: the character before it is a
-    terminator and the one at it is not (so "?!" or "།།" end one sentence, after the last mark)."""
+    terminator and the next one that is not a space is not (so "?!", "།།" and "། །" end one sentence, after the
+    last mark)."""
     if pos <= 0 or pos > len(text) or text[pos - 1] not in SENTENCE_END_CHARS:
         return False
-    return pos == len(text) or text[pos] not in SENTENCE_END_CHARS
+    rest = text[pos:].lstrip()
+    return not rest or rest[0] not in SENTENCE_END_CHARS
 
 
 def sentence_cut_points(text: str, offsets: list[tuple[int, int]]) -> list[int]:

@@ -68,8 +68,10 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(decode(state["cuda"]))
 
 
-def save(engine, root: Path, step: int, *, loader_state: dict, run_state: dict, keep_last: int) -> Path:
-    """Save a complete checkpoint of `step` on every rank (collective); keep the newest `keep_last`."""
+def save(engine, root: Path, step: int, *, loader_state: dict, run_state: dict, keep_last: int,
+         protect: set[int] = frozenset()) -> Path:
+    """Save a complete checkpoint of `step` on every rank (collective); keep the newest `keep_last` and the steps
+    in `protect` (a fine-tuning run's best)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     tag = tag_for(step)
     ckpt = root / tag
@@ -85,8 +87,9 @@ def save(engine, root: Path, step: int, *, loader_state: dict, run_state: dict, 
     dist.barrier()
     if rank == 0:
         write_atomic(ckpt / MARKER, json.dumps({"step": step, "world_size": world}) + "\n")
-        for _, old in complete_checkpoints(root)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        for old_step, old in complete_checkpoints(root)[:-keep_last]:
+            if old_step not in protect:
+                shutil.rmtree(old, ignore_errors=True)
         log.info("saved checkpoint %s", ckpt)
     dist.barrier()
     return ckpt

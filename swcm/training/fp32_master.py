@@ -4,11 +4,32 @@ from __future__ import annotations
 
 import torch.distributed as dist
 
+# What share_fp32_master reads, per ZeRO optimizer class of DeepSpeed 0.19: (master partitions, model partitions).
+_EXPECTED = {"DeepSpeedZeroOptimizer_Stage3": ("fp32_partitioned_groups_flat", "fp16_partitioned_groups_flat"),
+             "DeepSpeedZeroOptimizer": ("single_partition_of_fp32_groups", "parallel_partitioned_bit16_groups",
+                                        "real_dp_process_group")}
+
+
+def _check_form(optimizer) -> str | None:
+    """The optimizer's class name if it is a ZeRO optimizer this module knows; RuntimeError naming the DeepSpeed
+    version if it is one whose attributes have changed; None for anything else."""
+    name = type(optimizer).__name__
+    if name not in _EXPECTED:
+        return None
+    missing = [a for a in _EXPECTED[name] if not hasattr(optimizer, a)]
+    if missing:
+        import deepspeed
+
+        raise RuntimeError(f"DeepSpeed {deepspeed.__version__}: {name} has no {', '.join(missing)}; "
+                           "swcm/training/fp32_master.py was written for DeepSpeed 0.19 and needs updating")
+    return name
+
 
 def share_fp32_master(optimizer) -> int:
     """Make a DeepSpeed ZeRO optimizer's fp32 master partitions the model's own partitions wherever those are
     already fp32 on the same device, freeing the copies; returns the bytes freed on this rank (0 for anything
-    else: bf16/fp16 weights, CPU-offloaded or NVMe-swapped partitions, a non-ZeRO optimizer).
+    else: bf16/fp16 weights, CPU-offloaded or NVMe-swapped partitions, a non-ZeRO optimizer). Raises RuntimeError
+    naming the DeepSpeed version when a ZeRO optimizer no longer has the attributes this reads.
 
     DeepSpeed 0.19 keeps a second copy: stage 1/2 clone the partition unconditionally, and stage 3 means not to,
     but its test compares a `torch.device` with a device-name string, which is never equal. That copy is half a
@@ -16,9 +37,10 @@ def share_fp32_master(optimizer) -> int:
     optimizer updates the partition in place, and DeepSpeed's copy of master into partition after each step
     (and after loading a checkpoint) becomes a copy onto itself.
     """
-    if hasattr(optimizer, "fp32_partitioned_groups_flat"):  # stage 3
+    kind = _check_form(optimizer)
+    if kind == "DeepSpeedZeroOptimizer_Stage3":
         pairs = zip(optimizer.fp32_partitioned_groups_flat, optimizer.fp16_partitioned_groups_flat)
-    elif hasattr(optimizer, "single_partition_of_fp32_groups"):  # stages 1 and 2
+    elif kind == "DeepSpeedZeroOptimizer":  # stages 1 and 2
         own = [groups[dist.get_rank(group=optimizer.real_dp_process_group[i])]
                for i, groups in enumerate(optimizer.parallel_partitioned_bit16_groups)]
         pairs = zip(optimizer.single_partition_of_fp32_groups, own)

@@ -73,12 +73,18 @@ def reduce_scatter_tensor(output_tensor, input_tensor, op=dist.ReduceOp.SUM, gro
 def use_bounded_gloo_collectives(piece_bytes: int = PIECE_BYTES) -> bool:
     """Route DeepSpeed's all-gathers and reduce-scatters through the functions above, in pieces of piece_bytes,
     when its process group runs on gloo; returns whether it did (False on NCCL and other backends, which keep
-    their own)."""
+    their own). Raises RuntimeError naming the DeepSpeed version if its backend no longer routes through them."""
+    import deepspeed
     from deepspeed.comm import comm as ds_comm
 
     backend = ds_comm.cdb
-    if backend is None or dist.get_backend() != "gloo" or not hasattr(backend, "all_gather_function"):
+    if backend is None or dist.get_backend() != "gloo":
         return False
+    missing = [a for a in ("all_gather_function", "reduce_scatter_function") if not callable(getattr(backend, a, None))]
+    if missing:
+        raise RuntimeError(f"DeepSpeed {deepspeed.__version__}: its torch backend ({type(backend).__name__}) has no "
+                           f"{', '.join(missing)}; swcm/training/gloo_collectives.py was written for DeepSpeed 0.19 "
+                           "and needs updating (or set train.gloo_piece_mb=0)")
     backend.all_gather_function = functools.partial(all_gather_into_tensor, piece_bytes=piece_bytes)
     backend.reduce_scatter_function = functools.partial(reduce_scatter_tensor, piece_bytes=piece_bytes)
     return True

@@ -67,30 +67,38 @@ def memory_gb(device: torch.device) -> float:
 
 
 class LossTracker:
-    """Sums of per-token loss and token counts by objective and by language, reduced across ranks."""
+    """Per-token loss by objective and by language between two log steps. The loss sums stay on the device (no
+    host synchronisation per micro-batch); token counts come from the labels, which are on the host."""
 
-    def __init__(self, tasks, langs):
-        self.keys = [f"task/{t}" for t in tasks] + [f"lang/{lang}" for lang in langs]
+    def __init__(self, keys, device: torch.device):
+        self.keys = list(keys)
         self.index = {k: n for n, k in enumerate(self.keys)}
-        self.sums = torch.zeros(len(self.keys), dtype=torch.float64)
+        self.device = device
+        self.sums = torch.zeros(len(self.keys), dtype=torch.float64, device=device)
         self.counts = torch.zeros(len(self.keys), dtype=torch.float64)
 
-    def add(self, token_losses: torch.Tensor, labels: torch.Tensor, tasks, tgt_langs) -> None:
-        """Add one micro-batch: `token_losses` (B, T) per-token losses, 0 where `labels` is -100."""
-        per_sample = token_losses.detach().double().sum(dim=1).cpu()
-        counts = (labels != -100).sum(dim=1).double().cpu()
-        for b, (task, lang) in enumerate(zip(tasks, tgt_langs)):
-            for key in (f"task/{task}", f"lang/{lang}"):
+    def add(self, token_losses: torch.Tensor, scored: torch.Tensor, keys_per_sample) -> None:
+        """Add one micro-batch: `token_losses` (B, T) on the device, 0 where not scored; `scored` (B, T) bool on the
+        host; `keys_per_sample` B iterables of keys (unknown keys are ignored)."""
+        rows, slots = [], []
+        for b, keys in enumerate(keys_per_sample):
+            for key in keys:
                 if key in self.index:
-                    self.sums[self.index[key]] += per_sample[b]
-                    self.counts[self.index[key]] += counts[b]
+                    rows.append(b)
+                    slots.append(self.index[key])
+        if not rows:
+            return
+        rows_t, slots_t = torch.tensor(rows), torch.tensor(slots)
+        self.counts.index_add_(0, slots_t, scored.sum(dim=1).double()[rows_t])
+        per_sample = token_losses.detach().sum(dim=1).double()
+        self.sums.index_add_(0, slots_t.to(self.device), per_sample[rows_t.to(self.device)])
 
     def reduce_and_reset(self, all_reduce) -> dict[str, float]:
-        """Mean loss per key over every rank since the last call (keys with no tokens are left out)."""
-        both = torch.cat([self.sums, self.counts])
+        """Mean loss per key over every rank since the last call (keys with no tokens are left out); collective."""
+        both = torch.cat([self.sums, self.counts.to(self.device)])
         all_reduce(both)
+        values = both.tolist()
         n = len(self.keys)
-        out = {k: (both[i] / both[n + i]).item() for i, k in enumerate(self.keys) if both[n + i] > 0}
         self.sums.zero_()
         self.counts.zero_()
-        return out
+        return {k: values[i] / values[n + i] for i, k in enumerate(self.keys) if values[n + i] > 0}

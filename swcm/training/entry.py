@@ -1,0 +1,44 @@
+"""The command line shared by `launch/pretrain.py` and `launch/finetune.py`: arguments, logging, one `error:` line
+for anything the user can fix, then the trainer."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def parse_args(doc: str, config_help: str, argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help=config_help)
+    p.add_argument("--deepspeed_config", required=True, help="DeepSpeed JSON (ds_configs/zero{0,1,2,3}.json, ...)")
+    p.add_argument("--out", required=True,
+                   help="run directory: checkpoints/, tensorboard/, metrics.jsonl, config.json, model/")
+    p.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.lr=2e-4 (repeatable)")
+    p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # passed by the launcher
+    return p.parse_args(argv)
+
+
+def run(doc: str, config_help: str, config_cls, make_task, argv=None) -> int:
+    """Parse `argv`, build the config (`config_cls`) and the trainer with `make_task(cfg, out_dir)`, train; returns the
+    exit code (2 with one `error:` line for a bad config, file or option, before any process group starts)."""
+    args = parse_args(doc, config_help, argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s")
+    from swcm.config import ConfigError, load_config
+    from swcm.data.shards import DataError
+    from swcm.training.trainer import Trainer
+
+    try:
+        overrides = args.overrides + ([f"train.max_steps={args.max_steps}"] if args.max_steps is not None else [])
+        cfg = load_config(args.config, overrides, cls=config_cls)
+        trainer = Trainer(cfg, args.deepspeed_config, args.out, task=make_task(cfg, args.out), resume=args.resume)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return trainer.train()

@@ -1,0 +1,48 @@
+"""What a run writes for people: `RUN/metrics.jsonl` (a line per step), TensorBoard (`RUN/tensorboard`) and a
+progress bar. Only rank 0 holds one; a resumed run first drops what the crashed run logged after its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from swcm.training.checkpointing import write_atomic
+
+
+class RunLog:
+    """Appends step rows to metrics.jsonl, scalars to TensorBoard, and drives a tqdm bar from `step` to `total`."""
+
+    def __init__(self, out: Path, step: int, total: int, desc: str):
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        self.metrics = out / "metrics.jsonl"
+        kept = []
+        if self.metrics.exists():
+            kept = [ln for ln in self.metrics.read_text().splitlines() if json.loads(ln)["step"] <= step]
+        write_atomic(self.metrics, "".join(ln + "\n" for ln in kept))
+        self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1)
+        # In a log file (no terminal) a bar redrawn every step would bury the log: redraw every 30 s there.
+        self.bar = tqdm(total=total, initial=step, desc=desc, dynamic_ncols=True,
+                        mininterval=0.5 if sys.stderr.isatty() else 30)
+
+    def step_row(self, row: dict) -> None:
+        """One optimizer step: its JSONL line, TensorBoard `train/loss`, `train/lr`, `train/grad_norm`, the bar."""
+        step = row["step"]
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for key in ("loss", "lr", "grad_norm"):
+            self.writer.add_scalar(f"train/{key}", row[key], step)
+        self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", refresh=False)
+        self.bar.update(1)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """TensorBoard scalars named as given (e.g. `perf/tokens_per_s`), flushed."""
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()

@@ -1,0 +1,61 @@
+"""What a training task tells the trainer (swcm/training/trainer.py); `PretrainTask` and `FinetuneTask` fill it in.
+
+The trainer owns the engine, the step, logs and checkpoints; a task owns where the model and the batches come
+from, what a dev evaluation measures, and what follows from it (best checkpoint, early stopping, the export).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class Task:
+    """The hooks with their do-nothing defaults; subclasses set `name` and implement the first five."""
+
+    name = "task"
+
+    def check(self):
+        """Check everything the user handed in (before any process group); return the model's tokenizer."""
+        raise NotImplementedError
+
+    def model_path(self) -> Path:
+        """The HF directory the model is loaded from (valid after `prepare`)."""
+        raise NotImplementedError
+
+    def build_data(self, tokenizer, rank: int, world: int, micro_batch: int):
+        """(train stream, dev stream or None) for this rank, micro-batches of at most `micro_batch` samples."""
+        raise NotImplementedError
+
+    def loss_keys(self, lang_codes) -> list[str]:
+        """The keys of the losses logged as `train/loss_<key>`."""
+        raise NotImplementedError
+
+    @staticmethod
+    def sample_keys(batch: dict) -> list[tuple[str, ...]]:
+        """Per sample of `batch`, the loss keys it counts towards."""
+        raise NotImplementedError
+
+    def prepare(self, trainer) -> None:
+        """After the process group exists, before the model is loaded (collective)."""
+
+    def evaluate(self, trainer, step: int) -> dict[str, float]:
+        """Dev metrics (collective; every rank returns the same values)."""
+        return {}
+
+    def after_evaluate(self, step: int, metrics: dict[str, float]) -> tuple[bool, bool]:
+        """(save a checkpoint of this step now, stop training) after the evaluation at `step`."""
+        return False, False
+
+    def protected_steps(self) -> set[int]:
+        """Checkpoint steps that rotation must keep."""
+        return set()
+
+    def state_dict(self) -> dict:
+        """What the task needs to resume (stored in every checkpoint)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()` on resume."""
+
+    def finish(self, trainer) -> None:
+        """After the last step and the final barrier (every rank calls it)."""
