@@ -7,8 +7,9 @@
     python launch/convert_checkpoint.py to-hf --run RUN_DIR --out DIR [--step N] [--dtype float32|bfloat16|float16]
         [--overwrite] [--no-verify]
 
-Each subcommand parses its flags and calls one function in swcm/convert/. Bad input ends with a one-line
-`error: ...` on stderr and a non-zero exit status, and nothing is written.
+Each subcommand parses its flags and calls one function in swcm/convert/. Bad input (including a checkpoint
+with a missing or truncated file) ends with a one-line `error: ...` on stderr and exit status 2, and nothing
+is written.
 """
 
 import argparse
@@ -77,7 +78,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from swcm.convert import ConversionError
@@ -85,8 +86,10 @@ def main(argv=None) -> None:
     try:
         args.run(args)
     except ConversionError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,11 +3,92 @@
 
     python launch/generate.py --model runs/demo/hf --src-lang zh --tgt-lang bo --text "..." [--num-beams 5]
     python launch/generate.py --model DIR --src-lang zh --tgt-lang bo --input FILE   # one text per line
+
+Bad input (a setting out of range, an --input that is unreadable or not UTF-8, a --model that is not an exported
+SWCM directory, an unknown language) ends with one `error: ...` line on stderr and exit status 2.
 """
 
 import argparse
 import json
 import sys
+from pathlib import Path
+
+
+class UsageError(Exception):
+    """Bad input to generate.py; the message names the argument or file and what was expected."""
+
+
+def _positive(flag: str, value: int) -> None:
+    if value < 1:
+        raise UsageError(f"{flag} {value}: expected an integer >= 1")
+
+
+def read_texts(path: str) -> list[str]:
+    """The lines of a UTF-8 file; UsageError naming the file (and line) if it is unreadable, not UTF-8, or
+    holds no text."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise UsageError(f"--input {path}: cannot read ({e.strerror})") from None
+    texts = []
+    for i, line in enumerate(raw.splitlines(), start=1):
+        try:
+            texts.append(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise UsageError(f"--input {path}:{i}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    if not any(t.strip() for t in texts):
+        raise UsageError(f"--input {path}: no text (expected one source text per line)")
+    return texts
+
+
+def check_model_dir(path: str) -> None:
+    """UsageError unless `path` is a directory with the config.json of an SWCM model (convert_checkpoint.py)."""
+    config = Path(path) / "config.json"
+    if not Path(path).is_dir():
+        raise UsageError(f"--model {path}: directory not found (expected an HF directory from convert_checkpoint.py)")
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as e:
+        raise UsageError(f"--model {path}: no readable config.json, not an exported SWCM directory ({e})") from None
+    if model_type != "swcm":
+        raise UsageError(f"--model {path}: config.json has model_type {model_type!r}, expected 'swcm' "
+                         f"(an HF directory from convert_checkpoint.py)")
+
+
+def generate(args) -> None:
+    """Print one JSON line {"source", "output"} per source text."""
+    _positive("--num-beams", args.num_beams)
+    _positive("--max-new-tokens", args.max_new_tokens)
+    texts = args.text or read_texts(args.input)
+    check_model_dir(args.model)
+
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    from swcm.seq2seq_inputs import build_seq2seq_inputs
+    from swcm.tokenization import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(args.model)
+        model = AutoModelForSeq2SeqLM.from_pretrained(args.model, trust_remote_code=True).eval()
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--model {args.model}: cannot load the model or tokenizer ({e})") from None
+    for flag, code in (("--src-lang", args.src_lang), ("--tgt-lang", args.tgt_lang)):
+        if code not in model.config.lang_token_ids:
+            raise UsageError(f"{flag} {code!r} has no tag in {args.model} "
+                             f"(have {', '.join(model.config.lang_token_ids)})")
+    try:
+        batch = build_seq2seq_inputs(tokenizer, texts, None, args.src_lang, args.tgt_lang, max_len=args.max_len)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    with torch.no_grad():
+        out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             decoder_input_ids=batch["decoder_input_ids"], num_beams=args.num_beams,
+                             max_new_tokens=args.max_new_tokens)
+    prefix = batch["decoder_input_ids"].shape[1]
+    for text, ids in zip(texts, out):
+        print(json.dumps({"source": text, "output": tokenizer.decode(ids[prefix:], skip_special_tokens=True)},
+                         ensure_ascii=False))
 
 
 def main(argv=None) -> int:
@@ -22,31 +103,11 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--max-len", type=int, default=256, help="source length cap in tokens")
     args = p.parse_args(argv)
-
-    import torch
-    from transformers import AutoModelForSeq2SeqLM
-
-    from swcm.tokenization import load_tokenizer
-    from swcm.seq2seq_inputs import build_seq2seq_inputs
-
-    texts = args.text or open(args.input, encoding="utf-8").read().splitlines()
-    tokenizer = load_tokenizer(args.model)
-    model = AutoModelForSeq2SeqLM.from_pretrained(args.model, trust_remote_code=True).eval()
-    if args.tgt_lang not in model.config.lang_token_ids:
-        sys.exit(f"error: --tgt-lang {args.tgt_lang!r} has no tag in {args.model} "
-                 f"(have {', '.join(model.config.lang_token_ids)})")
     try:
-        batch = build_seq2seq_inputs(tokenizer, texts, None, args.src_lang, args.tgt_lang, max_len=args.max_len)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    with torch.no_grad():
-        out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             decoder_input_ids=batch["decoder_input_ids"], num_beams=args.num_beams,
-                             max_new_tokens=args.max_new_tokens)
-    prefix = batch["decoder_input_ids"].shape[1]
-    for text, ids in zip(texts, out):
-        print(json.dumps({"source": text, "output": tokenizer.decode(ids[prefix:], skip_special_tokens=True)},
-                         ensure_ascii=False))
+        generate(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -8,13 +8,16 @@ Each line: {"epoch", "batch" (its index in the epoch), "sample_id", "task", "lan
 (src_ids: the encoder input without padding; tgt_ids: the scored labels, y </s>), plus "src_text" and
 "tgt_text" with --decode. A filler batch (a rank that ran out of samples) prints {"epoch", "batch",
 "is_padding": true}. --epochs E prints exactly E epochs of this rank's samples from the current position;
---state-out saves the loader state after the last batch, --state-in resumes from one.
+--state-out saves the loader state after the last batch, --state-in resumes from one. Bad input (a shard set,
+state or setting the loader cannot use, a corrupt shard) ends with one `error: ...` line and exit status 2; a
+reader that goes away (`| head -1`) ends it quietly with status 141, as SIGPIPE ends `yes | head`.
 """
 
 import argparse
-import itertools
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -56,33 +59,52 @@ def main(argv=None) -> int:
         if args.num_workers is not None:
             cfg.num_workers = args.num_workers
         tokenizer_dir = args.tokenizer or load_index(args.shard_dir)["tokenizer"]["path"]
+        if not Path(tokenizer_dir).is_dir():
+            raise DataError(f"tokenizer directory {tokenizer_dir} not found (pass --tokenizer: the model's)")
         tokenizer = load_tokenizer(tokenizer_dir)
         stream = PretrainStream(cfg, tokenizer, rank=args.rank, world_size=args.world_size, split=args.split)
         if args.state_in:
             load_state(stream, args.state_in)
-        if args.batches is not None:
-            batches = itertools.islice(iter(stream), args.batches)
-        else:
-            batches = itertools.chain.from_iterable(stream.epoch_batches() for _ in range(args.epochs))
-        batches = iter(batches)
-        count = 0
-        while True:
-            # The position before pulling a batch is that batch's place (dev: fixed epoch 0, counted here).
-            epoch, position = stream.epoch, stream.batches_done
-            batch = next(batches, None)
-            if batch is None:
-                break
-            if args.split == "dev":   # the dev split replays one fixed epoch: number the passes
-                epoch, position = divmod(count, stream.batches_per_epoch())
-            for line in _lines(batch, position, tokenizer, args.decode):
-                print(json.dumps({"epoch": epoch, **line}, ensure_ascii=False))
-            count += 1
+        batches = _numbered_batches(stream, args)
+        try:
+            for epoch, position, batch in batches:
+                for line in _lines(batch, position, tokenizer, args.decode):
+                    print(json.dumps({"epoch": epoch, **line}, ensure_ascii=False))
+            sys.stdout.flush()
+        finally:
+            batches.close()   # ends the loader's worker processes now, whatever ended the loop
         if args.state_out:
             save_state(stream, args.state_out)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Whatever is still buffered cannot be written either: point stdout at /dev/null so that the flush at
+        # interpreter exit does not report the broken pipe a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     return 0
+
+
+def _numbered_batches(stream, args):
+    """(epoch, position in the epoch, batch) for --batches N (from the current position) or --epochs E; closing
+    this generator closes the stream's iterator, and with it the loader's workers."""
+    count = 0
+    for _ in range(1 if args.batches is not None else args.epochs):
+        source = iter(stream) if args.batches is not None else stream.epoch_batches()
+        try:
+            while args.batches is None or count < args.batches:
+                # The position before pulling a batch is that batch's place (dev: fixed epoch 0, counted here).
+                epoch, position = stream.epoch, stream.batches_done
+                batch = next(source, None)
+                if batch is None:
+                    break
+                if args.split == "dev":   # the dev split replays one fixed epoch: number the passes
+                    epoch, position = divmod(count, stream.batches_per_epoch())
+                yield epoch, position, batch
+                count += 1
+        finally:
+            source.close()
 
 
 def _lines(batch: dict, position: int, tokenizer, decode: bool):

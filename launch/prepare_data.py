@@ -9,8 +9,9 @@
 Mono files hold one document per line; parallel files are aligned line by line; JSONL records are
 {"src": ..., "tgt": ..., "src_lang": ..., "tgt_lang": ...}. Each language (mono) and language pair (parallel)
 becomes its own stream of shards. Skipped lines are counted per file and reason (printed and kept in
-index.json); an empty input, an input with no usable line or misaligned parallel files stop with an error.
-See docs/data.md.
+index.json); an empty input, an input with no usable line or misaligned parallel files stop with one
+`error: ...` line and exit status 2. The shard set is built beside --out and moved there only when complete:
+a failed or interrupted run leaves --out as it was. See docs/data.md.
 """
 
 import argparse
@@ -78,6 +79,9 @@ def main(argv=None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"error: interrupted; no partial shard set was left in {args.out}", file=sys.stderr)
+        return 130
     summary = {"out": args.out, "shards": len(index["shards"]), "totals": index["totals"],
                "skipped": {f: r for rep in index["inputs"] for f, r in rep["skipped"].items() if r}}
     print(json.dumps(summary, ensure_ascii=False))

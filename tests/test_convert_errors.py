@@ -26,10 +26,10 @@ def run_cli_subprocess(*args):
 
 
 def run_cli(capsys, *args) -> str:
-    """main() in-process; returns the error message it exits with (asserting it is one `error:` line)."""
-    with pytest.raises(SystemExit) as exc:
-        convert_checkpoint.main(["from-encoder", *map(str, args)])
-    message = str(exc.value.code)
+    """main() in-process; returns the error message it prints (asserting exit status 2 and one `error:` line)."""
+    capsys.readouterr()
+    assert convert_checkpoint.main(["from-encoder", *map(str, args)]) == 2
+    message = capsys.readouterr().err.strip()
     assert message.startswith("error: ") and "\n" not in message, message
     return message
 
@@ -45,7 +45,7 @@ def _copy(src: Path, dst: Path, skip=()) -> Path:
 
 def test_missing_encoder_dir_subprocess(tmp_path):
     proc = run_cli_subprocess("--encoder", tmp_path / "nope", "--out", tmp_path / "out")
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "nope" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
@@ -93,8 +93,8 @@ def test_existing_out_needs_overwrite(tiny_xlmr_dir, tmp_path, capsys):
     assert_nothing_written(tmp_path, before)
     assert (out / "keep.txt").read_text() == "mine"
     # With --overwrite the directory is replaced, atomically and completely.
-    convert_checkpoint.main(["from-encoder", "--encoder", str(tiny_xlmr_dir), "--out", str(out), "--overwrite",
-                             "--dtype", "bfloat16", "--normal-layer-every", "0", "--untie-lm-head"])
+    assert convert_checkpoint.main(["from-encoder", "--encoder", str(tiny_xlmr_dir), "--out", str(out), "--overwrite",
+                                    "--dtype", "bfloat16", "--normal-layer-every", "0", "--untie-lm-head"]) == 0
     assert not (out / "keep.txt").exists() and set(tmp_path.iterdir()) == before
     assert {"config.json", "model.safetensors", "generation_config.json", "modeling_swcm.py", "README.md",
             "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}

@@ -6,15 +6,21 @@ line). Every line is decoded, NFC-normalised, checked and tokenised with the mod
 tokens); a monolingual document longer than `max_len - 3` tokens (room for `<s> <lang> ... </s>`) is split into
 pieces at sentence ends, or into token windows inside a sentence longer than that. Skipped lines are counted
 per file and reason; an input that yields nothing is an error.
+
+The shard set is built in a temporary directory beside the output and moved into place only when complete, so
+a failed run (any error, Ctrl-C) leaves a previous shard set as it was and no partial one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import io
 import json
 import logging
+import os
+import secrets
 import shutil
 import tarfile
 from dataclasses import dataclass, field
@@ -119,6 +125,52 @@ def _raw_lines(path: Path) -> list[bytes]:
     return lines
 
 
+JSONL_FIELDS = ("src", "tgt", "src_lang", "tgt_lang")
+
+
+@dataclass
+class JsonlInput:
+    """A parsed parallel JSONL file: (line, (src, reason), (tgt, reason)) per (src_lang, tgt_lang), skip counts."""
+    path: Path
+    nbytes: int
+    by_pair: dict[tuple[str, str], list]
+    bad: dict[str, int]
+
+
+def read_jsonl(path: Path) -> JsonlInput:
+    """Parse a parallel JSONL file of {"src", "tgt", "src_lang", "tgt_lang"} records.
+
+    A line that is not UTF-8, not a JSON object or lacks a field is skipped and counted (`invalid_utf8`,
+    `empty`, `invalid_json`); a field that is present but not a string (a number, a list, null) is a DataError
+    naming the file and line -- it would otherwise be trained on as the text of that value. DataError too if
+    the file is empty or has no usable record.
+    """
+    raw = _raw_lines(path)
+    by_pair: dict[tuple[str, str], list] = {}
+    bad: dict[str, int] = {}
+    for i, line in enumerate(raw, start=1):
+        try:
+            rec = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            reason = T.INVALID_UTF8
+        except json.JSONDecodeError:
+            reason = T.EMPTY if not line.strip() else T.INVALID_JSON
+        else:
+            reason = None if isinstance(rec, dict) and all(k in rec for k in JSONL_FIELDS) else T.INVALID_JSON
+        if reason:
+            bad[reason] = bad.get(reason, 0) + 1
+            continue
+        for k in JSONL_FIELDS:
+            if not isinstance(rec[k], str):
+                raise DataError(f"{path}:{i}: field {k!r} is {json.dumps(rec[k], ensure_ascii=False)[:40]}, "
+                                f"expected a string")
+        by_pair.setdefault((rec["src_lang"], rec["tgt_lang"]), []).append(
+            (i, T.clean_text(rec["src"]), T.clean_text(rec["tgt"])))
+    if not by_pair:
+        raise DataError(f"{path}: no usable JSONL record with src, tgt, src_lang, tgt_lang ({bad or 'none'})")
+    return JsonlInput(path, sum(len(x) + 1 for x in raw), by_pair, bad)
+
+
 class Preparer:
     """Tokenises inputs and writes one stream of shards per language (mono) or language pair (parallel)."""
 
@@ -204,39 +256,18 @@ class Preparer:
         self._advance(sum(len(x) + 1 for x in src_raw) + sum(len(x) + 1 for x in tgt_raw))
         return self._finish(report)
 
-    def add_parallel_jsonl(self, path: Path) -> list[InputReport]:
-        """Tokenise a JSONL file of {"src", "tgt", "src_lang", "tgt_lang"} records into one stream per language
-        pair; ids are `file:line`. Unparseable records are counted as `invalid_json`."""
-        raw = _raw_lines(path)
-        by_pair: dict[tuple[str, str], list] = {}
-        bad: dict[str, int] = {}
-        for i, line in enumerate(raw, start=1):
-            try:
-                rec = json.loads(line.decode("utf-8"))
-                key = (str(rec["src_lang"]), str(rec["tgt_lang"]))
-                pair = (i, T.clean_text(str(rec["src"])), T.clean_text(str(rec["tgt"])))
-            except UnicodeDecodeError:
-                bad[T.INVALID_UTF8] = bad.get(T.INVALID_UTF8, 0) + 1
-                continue
-            except (json.JSONDecodeError, KeyError, TypeError):
-                if not line.strip():
-                    bad[T.EMPTY] = bad.get(T.EMPTY, 0) + 1
-                else:
-                    bad[T.INVALID_JSON] = bad.get(T.INVALID_JSON, 0) + 1
-                continue
-            by_pair.setdefault(key, []).append(pair)
-        if not by_pair:
-            raise DataError(f"{path}: no usable JSONL record with src, tgt, src_lang, tgt_lang ({bad or 'none'})")
+    def add_parallel_jsonl(self, jsonl: JsonlInput) -> list[InputReport]:
+        """Tokenise a parsed JSONL file (`read_jsonl`) into one stream per language pair; ids are `file:line`."""
         reports = []
-        for (sl, tl), pairs in sorted(by_pair.items()):
+        for (sl, tl), pairs in sorted(jsonl.by_pair.items()):
             stream = f"parallel/{sl}-{tl}"
-            report = InputReport([str(path)], stream, lines=len(pairs))
+            report = InputReport([str(jsonl.path)], stream, lines=len(pairs))
             if not reports:   # file-level problems are reported once, with the first pair's stream
-                report.lines += sum(bad.values())
-                report.skipped[str(path)] = dict(bad)
-            self._write_pairs(report, stream, pairs, str(path), str(path), id_file=str(path))
+                report.lines += sum(jsonl.bad.values())
+                report.skipped[str(jsonl.path)] = dict(jsonl.bad)
+            self._write_pairs(report, stream, pairs, str(jsonl.path), str(jsonl.path), id_file=str(jsonl.path))
             reports.append(self._finish(report))
-        self._advance(sum(len(x) + 1 for x in raw))
+        self._advance(jsonl.nbytes)
         return reports
 
     def _write_pairs(self, report: InputReport, stream: str, pairs: list, src_file: str, tgt_file: str,
@@ -332,12 +363,72 @@ def tokenizer_info(tokenizer, tokenizer_dir: str | Path, langs: set[str]) -> dic
                             "mask": tokenizer.mask_token_id}}
 
 
-def _iter_sizes(paths: list[Path]) -> Iterator[int]:
-    for p in paths:
-        try:
-            yield p.stat().st_size
-        except OSError:
-            raise DataError(f"{p}: input file not found") from None
+def _input_size(path: Path) -> int:
+    """The size of an input file; DataError if it is missing, or a regular file that is empty (a pipe such as
+    `<(zcat x.gz)` has no size to check before it is read)."""
+    try:
+        st = path.stat()
+    except OSError:
+        raise DataError(f"{path}: input file not found") from None
+    if path.is_file() and st.st_size == 0:
+        raise DataError(f"{path}: input file is empty")
+    return st.st_size
+
+
+def _load_tokenizer(tokenizer_dir: str | Path):
+    """The tokenizer in `tokenizer_dir`; DataError if the directory is missing or holds no tokenizer."""
+    from swcm.tokenization import load_tokenizer
+
+    if not Path(tokenizer_dir).is_dir():
+        raise DataError(f"--tokenizer {tokenizer_dir}: directory not found (expected the model's tokenizer)")
+    try:
+        return load_tokenizer(tokenizer_dir)
+    except (OSError, ValueError, TypeError) as e:
+        raise DataError(f"--tokenizer {tokenizer_dir}: cannot load a tokenizer from it ({e})") from None
+
+
+def _check_out(out_dir: Path, overwrite: bool) -> None:
+    """DataError unless `out_dir` can receive a shard set: absent, an empty directory, or (with `overwrite`)
+    a non-empty one."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir}: is a file, expected a directory for the shard set")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise DataError(f"{out_dir}: not empty; pass --overwrite to replace the shard set there")
+
+
+@contextlib.contextmanager
+def _replacing(out_dir: Path) -> Iterator[Path]:
+    """Yield a new empty directory beside `out_dir` to build in. If the block completes, the new directory
+    takes `out_dir`'s place (a previous `out_dir` is renamed away first and deleted last). If anything raises
+    (KeyboardInterrupt included, wherever it lands), there is no partial result: the new directory and the
+    parent directories created here are removed, and `out_dir` is the previous one -- or the new one, if the
+    swap had completed."""
+    created = []
+    parent = out_dir.parent
+    while not parent.exists():
+        created.append(parent)
+        parent = parent.parent
+    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+    stage, old = out_dir.with_name(f".{out_dir.name}.tmp-{tag}"), out_dir.with_name(f".{out_dir.name}.old-{tag}")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        stage.mkdir()
+        yield stage
+        if out_dir.exists():
+            out_dir.rename(old)
+        stage.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        if old.exists():
+            if out_dir.exists():   # swapped: only the deletion of the previous set was cut short
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.rename(out_dir)
+        shutil.rmtree(stage, ignore_errors=True)
+        for d in created:   # deepest first
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
 
 
 def prepare(tokenizer_dir: str | Path, out_dir: str | Path, *, mono: list[tuple[str, str]] = (),
@@ -347,12 +438,12 @@ def prepare(tokenizer_dir: str | Path, out_dir: str | Path, *, mono: list[tuple[
     """Build a shard set in `out_dir` and return its index.
 
     `mono`: (lang, file) pairs; `parallel`: (src_lang, tgt_lang, src_file, tgt_file); `parallel_jsonl`: files.
-    Raises DataError for an unusable input (empty file, no usable line, misaligned pair, missing language tag)
-    or an `out_dir` that already holds a shard set (unless `overwrite`).
+    Raises DataError for an unusable input (missing or empty file, no usable line, misaligned pair, missing
+    language tag, a JSONL field that is not a string), an unusable tokenizer directory, an `out_dir` that is a
+    file, or one that already holds a shard set (unless `overwrite`). Files, tokenizer, language tags and JSONL
+    records are checked before any shard is written; whatever fails, `out_dir` is left as it was.
     """
     from tqdm import tqdm
-
-    from swcm.tokenization import load_tokenizer
 
     if not (mono or parallel or parallel_jsonl):
         raise DataError("no inputs: give at least one --mono, --parallel or --parallel-jsonl")
@@ -364,28 +455,25 @@ def prepare(tokenizer_dir: str | Path, out_dir: str | Path, *, mono: list[tuple[
     dupes = sorted({k for k in keys if keys.count(k) > 1})
     if dupes:
         raise DataError(f"input given more than once: {', '.join(dupes)} (its samples would be duplicated)")
-    total_bytes = sum(_iter_sizes(inputs))
+    total_bytes = sum(_input_size(p) for p in inputs)
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise DataError(f"{out_dir}: not empty; pass --overwrite to replace the shard set there")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_out(out_dir, overwrite)
+    tokenizer = _load_tokenizer(tokenizer_dir)
+    jsonl = [read_jsonl(Path(f)) for f in parallel_jsonl]
+    langs = ({lang for lang, _ in mono} | {x for q in parallel for x in q[:2]}
+             | {x for j in jsonl for pair in j.by_pair for x in pair})
+    info = tokenizer_info(tokenizer, tokenizer_dir, langs)   # a missing language tag fails before any work
 
-    tokenizer = load_tokenizer(tokenizer_dir)
-    langs = {lang for lang, _ in mono} | {x for q in parallel for x in q[:2]}
-    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=not show_progress) as bar:
-        prep = Preparer(tokenizer, out_dir, max_len, samples_per_shard, progress=bar)
-        if langs:
-            tokenizer_info(tokenizer, tokenizer_dir, langs)   # fail on a missing tag before any work
+    with _replacing(out_dir) as stage, \
+            tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=not show_progress) as bar:
+        prep = Preparer(tokenizer, stage, max_len, samples_per_shard, progress=bar)
         for lang, f in mono:
             prep.add_mono(lang, Path(f))
         for src_lang, tgt_lang, src_f, tgt_f in parallel:
             prep.add_parallel(src_lang, tgt_lang, Path(src_f), Path(tgt_f))
-        for f in parallel_jsonl:
-            for r in prep.add_parallel_jsonl(Path(f)):
-                langs.update(r.stream.split("/", 1)[1].split("-", 1))
-    index = prep.finish(tokenizer_info(tokenizer, tokenizer_dir, langs), args, max_len)
+        for j in jsonl:
+            prep.add_parallel_jsonl(j)
+        index = prep.finish(info, args, max_len)
     log.info("wrote %d shards, %d samples, %d tokens to %s", len(index["shards"]), index["totals"]["all"]["samples"],
              index["totals"]["all"]["tokens"], out_dir)
     return index

@@ -6,20 +6,35 @@
 (rank, worker) slot) only read their slot's shards, noise and collate, and the main process puts their
 batches back into plan order. The state is therefore just (epoch, batches yielded in it) plus the settings
 that decide the plan -- JSON, and exact on restore, for any number of workers.
+
+Worker lifecycle: workers live as long as the iteration that started them. They end when it ends, stops
+early (the generator is closed or dropped) or fails, when the interpreter exits with an iterator still alive,
+and -- since they ignore SIGTERM/SIGINT -- when their parent dies in any way (SIGKILL included): a parent-death
+signal plus a thread that watches the parent's pid. A DataError in a worker (a corrupt shard) reaches the
+consumer as that DataError.
 """
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
+import os
 import signal
+import sys
+import threading
+import time
+import weakref
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
+import torch.utils.data  # before the atexit hook below: atexit runs hooks last-registered first
 
 from swcm.data.batching import collate, filler_batch, to_tensors
 from swcm.data.noise import DenoisingNoise
@@ -115,12 +130,68 @@ class _SlotRunner:
                              src_lang=src_lang, tgt_lang=tgt_lang, sample_id=ids)
 
 
-def _worker_ignores_stop_signals(_worker_id: int) -> None:
-    """Loader workers leave SIGTERM/SIGINT to the training process: schedulers (SLURM, the DeepSpeed launcher) and
-    Ctrl-C signal the whole process tree, and a worker dying first would abort the checkpoint the trainer is
-    about to write. The trainer shuts the workers down when it exits."""
+_PR_SET_PDEATHSIG = 1            # linux/prctl.h
+_PARENT_POLL_S = 0.5             # how often a worker's watchdog thread checks that its parent is alive
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit this process (without cleanup: nobody is left to read its queues) once `parent_pid` is no
+    longer its parent, i.e. the parent has died and the process was re-parented."""
+    while os.getppid() == parent_pid:
+        time.sleep(_PARENT_POLL_S)
+    os._exit(1)
+
+
+def _init_worker(parent_pid: int, _worker_id: int) -> None:
+    """DataLoader worker_init_fn: make the worker end with its parent, however the parent ends, and leave
+    SIGTERM/SIGINT to the parent.
+
+    Schedulers (SLURM, the DeepSpeed launcher) and Ctrl-C signal the whole process tree, and a worker dying
+    first would abort the checkpoint the trainer is about to write, so workers ignore both; the parent shuts
+    them down itself. Nothing else would end them if the parent died, so: on Linux the kernel sends SIGKILL
+    when the parent dies (PR_SET_PDEATHSIG; it follows the thread that started the iteration), and everywhere
+    a daemon thread exits the worker once its parent pid changes -- which also covers a parent that died
+    before the prctl call.
+    """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="swcm-parent-watch", daemon=True).start()
+
+
+class _WorkerError(NamedTuple):
+    """Sent by a worker in place of a batch when its slot hits a DataError; the main process raises it."""
+    message: str
+
+
+# DataLoader iterators whose workers are running: shut down at interpreter exit (see _stop_all_workers).
+_LIVE_LOADERS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _stop_workers(batches) -> None:
+    """End the worker processes of a DataLoader iterator now: torch's own shutdown (each worker is asked to
+    exit and waited for, normally milliseconds), then SIGKILL for any still alive -- torch's last resort,
+    SIGTERM, is ignored by them."""
+    _LIVE_LOADERS.discard(batches)
+    # torch has no public call for this; its __del__ would do the same, but only once nothing (a traceback, a
+    # global) refers to the iterator any more.
+    batches._shutdown_workers()
+    for w in batches._workers:
+        if w.is_alive():
+            w.kill()
+            w.join()
+
+
+@atexit.register
+def _stop_all_workers() -> None:
+    """At interpreter exit, stop the workers of iterators still alive (held by a global, a traceback, an
+    unfinished generator). Registered after torch's and multiprocessing's own hooks, so it runs before them:
+    multiprocessing would otherwise send the workers SIGTERM, which they ignore, and wait for them forever."""
+    for batches in list(_LIVE_LOADERS):
+        _stop_workers(batches)
 
 
 def _as_is(item):
@@ -140,12 +211,15 @@ class _RankEpochs(torch.utils.data.IterableDataset):
     def __iter__(self):
         w = torch.utils.data.get_worker_info().id
         epoch = self.first_epoch
-        while self.epochs is None or epoch < self.first_epoch + self.epochs:
-            plan = build_plan(self.spec, epoch, self.streams, self.lengths)
-            start = self.first_starts[w] if epoch == self.first_epoch else 0
-            for j, batch in _SlotRunner(self.dec, plan, self.rank * plan.num_workers + w, start):
-                yield epoch, w, j, batch
-            epoch += 1
+        try:
+            while self.epochs is None or epoch < self.first_epoch + self.epochs:
+                plan = build_plan(self.spec, epoch, self.streams, self.lengths)
+                start = self.first_starts[w] if epoch == self.first_epoch else 0
+                for j, batch in _SlotRunner(self.dec, plan, self.rank * plan.num_workers + w, start):
+                    yield epoch, w, j, batch
+                epoch += 1
+        except DataError as e:   # a corrupt shard: the consumer gets the message, not torch's worker traceback
+            yield _WorkerError(str(e))
 
 
 def _check_settings(cfg) -> None:
@@ -240,10 +314,18 @@ class PretrainStream:
         """`epochs` epochs (None: forever) from `start` = (epoch, batches done) -- default the current position
         -- recording the position after every batch in the stream's state if `track`."""
         epoch, done = start if start is not None else (self._epoch, self._done)
-        first_epoch = epoch
         order = self.plan(epoch).rank_order(self.rank)
         starts = [sum(1 for w, _ in order[:done] if w == worker) for worker in range(self.num_workers)]
-        source = self._worker_batches(first_epoch, starts, epochs)
+        source = self._worker_batches(epoch, starts, epochs)
+        try:
+            yield from self._in_plan_order(source, epochs, epoch, done, track)
+        finally:   # closing this generator (or an error in it) ends the workers now, not at garbage collection
+            source.close()
+
+    def _in_plan_order(self, source, epochs: int | None, epoch: int, done: int, track: bool):
+        """The rank's batches from `source` (workers' batches in arrival order) re-sorted into plan order, with
+        filler batches appended to each epoch, from position `done` of `epoch`."""
+        first_epoch = epoch
         waiting: dict[tuple[int, int, int], dict] = {}
         fill = dict(bos=self._dec.bos, eos=self._dec.eos, pad=self._dec.pad, multiple=self._dec.multiple)
         while epochs is None or epoch < first_epoch + epochs:
@@ -283,20 +365,23 @@ class PretrainStream:
         # torch's default of one shared-memory file per tensor.
         loader = torch.utils.data.DataLoader(_RankEpochs(self, first_epoch, starts, epochs), batch_size=None,
                                              collate_fn=_as_is, num_workers=self.num_workers, prefetch_factor=4,
-                                             worker_init_fn=_worker_ignores_stop_signals,
+                                             worker_init_fn=functools.partial(_init_worker, os.getpid()),
+                                             # workers must be children of this process (fork, as Linux has
+                                             # always defaulted to; not a fork server) to watch it
+                                             multiprocessing_context="fork" if sys.platform.startswith("linux")
+                                             else "spawn",
                                              # its own generator: drawing the workers' base seed from the global
                                              # one would shift the model's dropout masks after a resume
                                              generator=torch.Generator().manual_seed(self.cfg.seed))
         batches = iter(loader)
+        _LIVE_LOADERS.add(batches)
         try:
-            yield from batches
+            for item in batches:
+                if isinstance(item, _WorkerError):
+                    raise DataError(item.message)
+                yield item
         finally:
-            # Workers ignore SIGTERM, so nothing else stops them when this iteration ends early (a consumer that
-            # stops, an error such as a corrupt shard): a traceback keeps the iterator alive past its __del__,
-            # and the interpreter would wait for them at exit. torch has no public call for this.
-            shutdown = getattr(batches, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+            _stop_workers(batches)
 
     # -- state ------------------------------------------------------------------------------------------------
     def _spec_dict(self) -> dict:
