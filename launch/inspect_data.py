@@ -5,7 +5,7 @@
         --num-workers 2 --batches 20 [--decode] [--state-in s.json] [--state-out s.json] [--set data.alpha=1.0]
 
 Each line: {"epoch", "batch" (its index in the epoch), "sample_id", "task", "lang", "src_lang", "tgt_lang", "src_ids", "tgt_ids"}
-(src_ids: the encoder input without padding; tgt_ids: the scored labels, y </s>), plus "src_text" and
+(src_ids: the encoder input without padding; tgt_ids: the scored labels, <tgt_lang> y </s>), plus "src_text" and
 "tgt_text" with --decode. A filler batch (a rank that ran out of samples) prints {"epoch", "batch",
 "is_padding": true}. --epochs E prints exactly E epochs of this rank's samples from the current position;
 --state-out saves the loader state after the last batch, --state-in resumes from one. Bad input (a shard set,
@@ -108,12 +108,14 @@ def _numbered_batches(stream, args):
 
 
 def _lines(batch: dict, position: int, tokenizer, decode: bool):
+    from swcm.seq2seq_layout import IGNORE_INDEX
+
     if batch["is_padding"]:
         yield {"batch": position, "is_padding": True}
         return
     for i, sid in enumerate(batch["sample_id"]):
         src = batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist()
-        tgt = [t for t in batch["labels"][i].tolist() if t != -100]
+        tgt = [t for t in batch["labels"][i].tolist() if t != IGNORE_INDEX]
         line = {"batch": position, "sample_id": sid, "task": batch["task"][i], "lang": batch["src_lang"][i],
                 "src_lang": batch["src_lang"][i], "tgt_lang": batch["tgt_lang"][i], "src_ids": src, "tgt_ids": tgt}
         if decode:

@@ -24,7 +24,7 @@ __all__ = ["ConfigError", "EvalConfig", "FinetuneDataConfig", "FinetuneRunConfig
 @dataclass
 class ModelConfig(Checked):
     path: str = ""                      # an SWCM HF dir (from `convert_checkpoint.py from-encoder`)
-    attn_implementation: Literal["eager", "sdpa", "triton"] = "sdpa"
+    attn_implementation: Literal["auto", "eager", "sdpa", "triton"] = "auto"   # auto: Triton on CUDA, else SDPA
     fused_lm_head_ce: bool = True       # chunked LM head + cross-entropy (never holds N x V logits)
     gradient_checkpointing: bool = False
 

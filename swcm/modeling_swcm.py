@@ -49,7 +49,7 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from .seq2seq_layout import IGNORE_INDEX, decoder_mask_from_labels, shift_right
 
 DECODER_INITS = ("encoder", "random", "duplicate")
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "triton")
+ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "triton")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -160,25 +160,33 @@ def _optional_kernel(module: str, name: str):
         return None
 
 
+def resolve_attn_implementation(impl: str, device) -> str:
+    """The attention path `impl` takes for tensors on `device`: 'auto' is swcm's Triton flash attention on CUDA
+    (when its kernels import) and SDPA elsewhere; any other name is itself."""
+    if impl != "auto":
+        return impl
+    cuda = torch.device(device).type == "cuda"
+    return "triton" if cuda and _optional_kernel("kernels.attention", "flash_attention") is not None else "sdpa"
+
+
 def attention(q, k, v, *, key_padding_mask=None, causal=False, impl="sdpa", dropout_p=0.0, training=False):
     """Multi-head attention softmax(q·kᵀ/√d)·v for q (B,H,Tq,D), k/v (B,H,Tk,D) -> (B,H,Tq,D).
 
     key_padding_mask: (B,Tk) bool, True = attend (None: every key). causal: query i sees key j iff
     j <= i + (Tk - Tq), i.e. the queries are the last Tq of Tk positions (the rest came from the KV cache).
-    impl: 'eager' (plain matmul/mask/softmax, the reference), 'sdpa' or 'triton' (swcm's flash attention).
+    impl: 'eager' (plain matmul/mask/softmax, the reference), 'sdpa', 'triton' (swcm's flash attention, dropout
+    inside the kernel) or 'auto' (see `resolve_attn_implementation`).
     dropout_p is applied to the attention probabilities only when `training`.
     """
     tq, tk = q.shape[-2], k.shape[-2]
     dropout_p = dropout_p if training else 0.0
+    impl = resolve_attn_implementation(impl, q.device)
     if impl == "triton":
         flash_attention = _optional_kernel("kernels.attention", "flash_attention")
         if flash_attention is None:
             raise ImportError("attn_implementation='triton' needs swcm's kernels (kernels.attention), which are not "
-                              "importable here; use attn_implementation='sdpa'")
-        if dropout_p > 0:
-            raise ValueError(f"attn_implementation='triton' does not support attention dropout; set "
-                             f"attention_probs_dropout_prob=0 (got {dropout_p}) or use 'sdpa'")
-        return flash_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask)
+                              "importable here; use attn_implementation='sdpa' or 'auto'")
+        return flash_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
 
     mask = None  # bool, broadcastable to (B, H, Tq, Tk), True = attend
     if key_padding_mask is not None:
@@ -198,13 +206,15 @@ def attention(q, k, v, *, key_padding_mask=None, causal=False, impl="sdpa", drop
     raise ValueError(f"unknown attn_implementation {impl!r}; expected one of {ATTN_IMPLEMENTATIONS}")
 
 
-def _triton_for_other_models(*args, **kwargs):
-    raise NotImplementedError("'triton' is swcm's own attention path; only SWCM models can use it")
+def _swcm_only(*args, **kwargs):
+    raise NotImplementedError("'triton' and 'auto' are swcm's own attention paths; only SWCM models can use them")
 
 
 # transformers validates `attn_implementation` against its registry before the model sees it; registering the
-# name makes `from_pretrained(..., attn_implementation="triton")` legal. SWCM dispatches through `attention` above.
-AttentionInterface.register("triton", _triton_for_other_models)
+# names makes `from_pretrained(..., attn_implementation="triton" / "auto")` legal. SWCM dispatches through
+# `attention` above.
+AttentionInterface.register("triton", _swcm_only)
+AttentionInterface.register("auto", _swcm_only)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from swcm.config import ConfigError
 from swcm.data.config import DataConfig
 from swcm.data.prepare import prepare
 from swcm.data.shards import DataError, check_shards, load_index, read_shard
 from swcm.data.stream import PretrainStream
+from swcm.seq2seq_layout import IGNORE_INDEX
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
@@ -95,25 +97,24 @@ def test_batch_contract(shards, tokenizer, stored):
         assert b <= cfg.max_samples and (b == 1 or b * (s + t) <= cfg.max_tokens)
         for key in ("task", "src_lang", "tgt_lang", "sample_id"):
             assert len(batch[key]) == b
-        assert (ids[att == 0] == tokenizer.pad_token_id).all() and (labels[dec_att == 0] == -100).all()
+        assert (ids[att == 0] == tokenizer.pad_token_id).all() and (labels[dec_att == 0] == IGNORE_INDEX).all()
         for i in range(b):
             seen_tasks.add(batch["task"][i])
             x = ids[i][att[i] == 1].tolist()
-            y_in = dec[i][dec_att[i] == 1].tolist()
-            assert x[:2] == [tokenizer.bos_token_id, tags[batch["src_lang"][i]]] and x[-1] == tokenizer.eos_token_id
-            assert y_in[:2] == [tokenizer.bos_token_id, tags[batch["tgt_lang"][i]]]
-            n = len(y_in)
-            # labels[t] is the token after decoder_input_ids[t]; the <tgt_lang> prediction is not scored.
-            assert labels[i, 0] == -100
-            assert labels[i, 1:n - 1].tolist() == y_in[2:] and labels[i, n - 1] == tokenizer.eos_token_id
+            n = int(labels[i].ne(IGNORE_INDEX).sum())
+            lab = labels[i, :n].tolist()   # <tgt_lang> y </s>: the tag is the first label token
+            assert lab[0] == tags[batch["tgt_lang"][i]] and lab[-1] == tokenizer.eos_token_id
+            assert dec[i, 0] == tokenizer.bos_token_id and dec[i, 1:n].tolist() == lab[:-1]  # shifted right
+            assert (labels[i, n:] == IGNORE_INDEX).all()
+            y = lab[1:-1]
             sample = stored[batch["sample_id"][i]]
             if batch["task"][i] == "dae":
                 assert batch["src_lang"][i] == batch["tgt_lang"][i] == sample["meta"]["lang"]
-                assert y_in[2:] == sample["ids"].tolist()     # the DAE target is the clean text
+                assert y == sample["ids"].tolist()     # the DAE target is the clean text
             else:
                 pair = {sample["meta"]["src_lang"]: sample["src"].tolist(),
                         sample["meta"]["tgt_lang"]: sample["tgt"].tolist()}
-                assert x[2:-1] == pair[batch["src_lang"][i]] and y_in[2:] == pair[batch["tgt_lang"][i]]
+                assert x[2:-1] == pair[batch["src_lang"][i]] and y == pair[batch["tgt_lang"][i]]
                 assert "zh" in (batch["src_lang"][i], batch["tgt_lang"][i])
     assert seen_tasks == {"dae", "mt"}
 
@@ -130,7 +131,7 @@ def test_epoch_covers_every_sample_once(shards, tokenizer, stored, world_size, w
         for batch in batches:
             if batch["is_padding"]:
                 fillers += 1
-                assert (batch["labels"] == -100).all() and batch["sample_id"] == [""]
+                assert (batch["labels"] == IGNORE_INDEX).all() and batch["sample_id"] == [""]
             else:
                 seen.extend(batch["sample_id"])
     assert len(set(counts)) == 1, f"ranks yield different batch counts {counts}"
@@ -395,6 +396,6 @@ def test_inspect_one_epoch_per_rank_through_pipe_urls_covers_the_set(shards, tok
 
 @pytest.mark.parametrize("setting,match", [({"mt_ratio": 1.5}, "mt_ratio"), ({"max_tokens": 0}, "max_tokens"),
                                            ({"mask_ratio": 1.0}, "mask_ratio")])
-def test_unusable_settings_are_data_errors(shards, tokenizer, setting, match):
-    with pytest.raises(DataError, match=match):
-        PretrainStream(cfg_for(shards, **setting), tokenizer, rank=0, world_size=1)
+def test_unusable_settings_are_config_errors(shards, tokenizer, setting, match):
+    with pytest.raises(ConfigError, match=match):   # the config type refuses them before any stream exists
+        cfg_for(shards, **setting)

@@ -58,10 +58,10 @@ def test_unknown_impl_and_missing_triton_kernel_are_clear_errors(monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_FLASH, reason="kernels.attention not available")
-def test_triton_matches_sdpa_and_refuses_attention_dropout():
+def test_triton_matches_sdpa_and_trains_with_attention_dropout():
     # head dim 32 (the kernel supports 32/64/128); runs under TRITON_INTERPRET=1 on CPU (conftest).
     xlmr = random_xlmr(tiny_xlmr_config(hidden_size=64, num_attention_heads=2, intermediate_size=64,
-                                        num_hidden_layers=1))
+                                        num_hidden_layers=1, hidden_dropout_prob=0.0))
     model = swcm_from_xlmr(xlmr, normal_layer_every=1, fused_lm_head_ce=False)
     batch = padded_batch()
     with torch.no_grad():
@@ -69,9 +69,25 @@ def test_triton_matches_sdpa_and_refuses_attention_dropout():
         model.set_attn_implementation("triton")
         got = model(**batch).logits
     assert (got - ref).abs().max().item() < 1e-4
-    model.train()  # attention_probs_dropout_prob = 0.1 from XLM-R's config
-    with pytest.raises(ValueError, match="attention dropout"):
-        model(**batch)
+    model.train()  # attention_probs_dropout_prob = 0.1 from XLM-R's config: the kernel drops probabilities itself
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(5)   # the kernel's seed comes from torch's generator
+        runs.append(model(**batch).logits)
+    assert torch.equal(runs[0], runs[1]) and not torch.allclose(runs[0], got, atol=1e-3)
+
+
+def test_auto_is_triton_on_cuda_and_sdpa_elsewhere():
+    assert modeling.resolve_attn_implementation("auto", torch.device("cuda", 0)) == (
+        "triton" if HAS_FLASH else "sdpa")
+    assert modeling.resolve_attn_implementation("auto", "cpu") == "sdpa"
+    assert modeling.resolve_attn_implementation("eager", "cuda") == "eager"
+    model = _model(fused_lm_head_ce=False)
+    batch = padded_batch()
+    with torch.no_grad():
+        sdpa = model(**batch).logits
+        model.set_attn_implementation("auto")
+        assert torch.equal(model(**batch).logits, sdpa)
 
 
 def test_loss_token_losses_and_empty_batches():

@@ -2,13 +2,11 @@
 logits and beams; generation with the KV cache equals generation without it; resizing the vocabulary works."""
 
 import json
-import subprocess
-import sys
-import sysconfig
 
 import pytest
 import torch
 from helpers_model import padded_batch, random_xlmr, swcm_from_xlmr, tiny_xlmr_config
+from without_swcm import run_without_swcm
 from transformers import AutoTokenizer, EncoderDecoderCache
 
 from swcm.convert.from_encoder import convert_from_encoder
@@ -27,13 +25,6 @@ def exported(tiny_xlmr_dir, tmp_path_factory):
 
 
 REMOTE = """
-import sys
-sys.path.append({purelib!r})  # site-packages only: started with -S, so swcm's editable-install hook never runs
-try:
-    import swcm
-    raise SystemExit("swcm is importable in the remote process")
-except ImportError:
-    pass
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 probe = torch.load("probe.pt", weights_only=True)
@@ -65,11 +56,7 @@ def test_remote_code_load_gives_same_logits_and_beams(exported, tmp_path):
                            max_new_tokens=8, forced_bos_token_id=tag.item())
     torch.save({**{k: batch[k] for k in ("input_ids", "attention_mask", "decoder_input_ids",
                                          "decoder_attention_mask")}, "tag": tag, "texts": SRC}, tmp_path / "probe.pt")
-    (tmp_path / "remote.py").write_text(REMOTE.format(purelib=sysconfig.get_paths()["purelib"], path=str(exported)))
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    proc = subprocess.run([sys.executable, "-S", "remote.py"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, timeout=300)
+    proc = run_without_swcm(REMOTE.format(path=str(exported)), tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     remote = torch.load(tmp_path / "result.pt", weights_only=True)
     assert remote["ids"] == [tok(t, add_special_tokens=False)["input_ids"] for t in SRC]

@@ -89,7 +89,7 @@ def assets(tmp_path_factory, tiny_xlmr_dir):
     prepare(root / "shards" / "train", mono, par)
     prepare(root / "shards" / "dev", dev, dev)
     config = {
-        "model": {"path": str(root / "swcm"), "attn_implementation": "sdpa", "fused_lm_head_ce": True},
+        "model": {"path": str(root / "swcm"), "attn_implementation": "auto", "fused_lm_head_ce": True},
         "data": {"shards": str(root / "shards" / "train"), "dev_shards": str(root / "shards" / "dev"),
                  "alpha": 0.3, "mt_ratio": 0.3, "max_tokens": 1024, "shuffle_buffer": 64, "seed": 7},
         "train": {"max_steps": STEPS, "lr": 1e-3, "warmup_ratio": 0.1, "log_every": 4, "save_every": SAVE_EVERY,
@@ -190,6 +190,9 @@ def test_zero_stages_give_the_same_losses_and_weights(reference_runs):
 
     ref = losses(reference_runs["zero0"])
     assert sorted(ref) == list(range(1, STEPS + 1))
+    # attn_implementation "auto" resolves to SDPA on CPU tensors, and the run records what it resolved to
+    assert json.loads((reference_runs["zero0"] / "config.json").read_text())["attention"] == "sdpa"
+    assert "attention auto -> sdpa (cpu tensors)" in _log_path(reference_runs["zero0"]).read_text()
     assert ref[STEPS] < ref[1], "the demo model should learn in 24 steps"
     weights0 = consolidated_state_dict(reference_runs["zero0"])
     for stage in ("zero1", "zero2", "zero3"):

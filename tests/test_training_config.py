@@ -121,7 +121,7 @@ def test_torch_chainable_schedule_does_not_resume_from_its_own_state():
     ("train.max_steps=0", "train.max_steps: expected >= 1, got 0"),
     ("train.betas=[0.9,1.5]", "train.betas: expected each value >= 0 and < 1, got (0.9, 1.5)"),
     ("data.num_workers=-1", "data.num_workers: expected >= 0, got -1"),
-    ("model.attn_implementation=flash", "model.attn_implementation: expected one of eager|sdpa|triton, got 'flash'"),
+    ("model.attn_implementation=flash", "model.attn_implementation: expected one of auto|eager|sdpa|triton, got 'flash'"),
 ])
 def test_values_are_checked_by_the_config_types(override, message):
     with pytest.raises(ConfigError) as e:

@@ -177,8 +177,10 @@ def _verify(out_dir: Path, model, tokenizer, dtype: str) -> float:
 
 
 def export_to_hf(run_dir: str | Path, out_dir: str | Path, *, step: int | None = None, dtype: str = "float32",
-                 overwrite: bool = False, verify: bool = True) -> Path:
-    """Write the HF directory of a run's checkpoint to `out_dir` (atomically) and verify it; return out_dir."""
+                 overwrite: bool = False, verify: bool = True, forced_bos_token_id: int | None = None) -> Path:
+    """Write the HF directory of a run's checkpoint to `out_dir` (atomically) and verify it; return out_dir.
+    `forced_bos_token_id` (a target-language tag) goes into generation_config.json, so that a plain `generate()`
+    produces that language."""
     from swcm.tokenization import load_tokenizer
     from swcm.modeling_swcm import SWCMConfig, SWCMForConditionalGeneration
 
@@ -205,6 +207,8 @@ def export_to_hf(run_dir: str | Path, out_dir: str | Path, *, step: int | None =
                               f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
     model.tie_weights()
     model = model.to(DTYPES[dtype]).eval()
+    if forced_bos_token_id is not None:
+        model.generation_config.forced_bos_token_id = forced_bos_token_id
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))

@@ -13,7 +13,7 @@ class DataConfig(Checked):
     dev_shards: str = ""             # held-out shards for the dev loss ("" = none)
     alpha: float = bounded(0.3, ge=0)             # language sampling p(lang) ∝ n_lang^alpha (XLM-R's 0.3)
     mt_ratio: float = bounded(0.1, ge=0, le=1)    # fraction of samples drawn from the MT (parallel) streams
-    mask_ratio: float = bounded(0.35, ge=0, le=1)   # mBART: 35% of tokens masked ...
+    mask_ratio: float = bounded(0.35, ge=0, lt=1)   # mBART: 35% of tokens masked ...
     poisson_lambda: float = bounded(3.5, gt=0)      # ... in spans of Poisson(3.5) length, one <mask> per span
     permute_sentences: bool = True   # mBART sentence permutation for multi-sentence DAE inputs
     max_tokens: int = bounded(4096, ge=1)   # token budget of one micro-batch (padded source + target tokens)

@@ -222,14 +222,6 @@ class _RankEpochs(torch.utils.data.IterableDataset):
             yield _WorkerError(str(e))
 
 
-def _check_settings(cfg) -> None:
-    """DataError naming the first data.* setting the loader cannot use."""
-    for key, low in (("max_tokens", 1), ("max_samples", 1), ("pad_to_multiple", 1), ("shuffle_buffer", 1),
-                     ("bucket_batches", 1), ("num_workers", 0)):
-        if getattr(cfg, key) < low:
-            raise DataError(f"data.{key} {getattr(cfg, key)}: expected an integer >= {low}")
-
-
 class PretrainStream:
     """Mixed DAE + MT batches for one rank of a `world_size`-rank job (see the module docstring).
 
@@ -244,7 +236,6 @@ class PretrainStream:
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is outside world size {world_size}")
         self.cfg, self.rank, self.world_size, self.split = cfg, rank, world_size, split
-        _check_settings(cfg)
         where = cfg.shards if split == "train" else cfg.dev_shards
         if not where:
             raise DataError(f"data.{'shards' if split == 'train' else 'dev_shards'} is not set")

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from swcm.config import ConfigError, RunConfig
+from swcm.modeling_swcm import SWCMForConditionalGeneration, resolve_attn_implementation
 from swcm.seq2seq_layout import scored
 from swcm.training import checkpointing, nonfinite
 from swcm.training.ds_config import load_ds_config, micro_batch_size
@@ -108,6 +109,7 @@ class Trainer:
         self.n_params = sum(p.numel() for p in model.parameters())
         self.engine, self.scheduler = build_engine(model, self.cfg.train, self.ds_config, self.cfg.train.max_steps)
         self.device = self.engine.device
+        self.attention = resolve_attn_implementation(self.cfg.model.attn_implementation, self.device)
         self.stage = self.engine.zero_optimization_stage()
         self.gas = self.engine.gradient_accumulation_steps()
         self.train_data, self.dev_data = self.task.build_data(
@@ -120,8 +122,6 @@ class Trainer:
         """The task's model in fp32 with the run's model settings. Under ZeRO-3 an HfDeepSpeedConfig stays alive while
         `from_pretrained` runs, so the model is built under `zero.Init` and each weight loads into its partition (a
         bare `zero.Init` would partition submodules before `_init_weights`; see CPU-NOTES)."""
-        from swcm.modeling_swcm import SWCMForConditionalGeneration
-
         mcfg = self.cfg.model
         self._hf_ds_config = None
         if self.ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
@@ -274,12 +274,13 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         checkpointing.write_atomic(self.out / "config.json", json.dumps(
             {"run": self.cfg.to_dict(), "task": self.task.name, "deepspeed": self.ds_config,
-             "world_size": self.world}, indent=2))
+             "world_size": self.world, "attention": self.attention}, indent=2))
         self.model_config.save_pretrained(str(self.out / "model"))
         self.tokenizer.save_pretrained(str(self.out / "model"))
         log.info("model: %.1fM parameters, %d decoder layers; world size %d, ZeRO stage %d, %s, %d micro-batches "
-                 "per step", self.n_params / 1e6, self.model_config.decoder_layers, self.world, self.stage,
-                 "bf16" if self.ds_config["bf16"].get("enabled") else "fp32", self.gas)
+                 "per step; attention %s -> %s (%s tensors)", self.n_params / 1e6, self.model_config.decoder_layers,
+                 self.world, self.stage, "bf16" if self.ds_config["bf16"].get("enabled") else "fp32", self.gas,
+                 self.cfg.model.attn_implementation, self.attention, self.device.type)
         return RunLog(self.out, step, self.cfg.train.max_steps, self.task.name)
 
     # ------------------------------------------------------------------------------------------------ logging
