@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from helpers_model import PAD, random_xlmr, swcm_from_xlmr, tiny_xlmr_config
 
 from swcm.seq2seq_layout import IGNORE_INDEX, decoder_mask_from_labels, shift_right
+from swcm.training.seq2seq_task import Seq2SeqTask
 
 pytestmark = pytest.mark.distributed
 
@@ -36,7 +37,7 @@ def _batch(n, src_len, tgt_len, g):
             "task": ["dae"] * n, "tgt_lang": ["bo"] * n, "is_padding": tgt_len == 0}
 
 
-class _FixedTask:
+class _FixedTask(Seq2SeqTask):
     """Just the model: the test hands the batches to train_step itself."""
 
     name = "test"
@@ -53,7 +54,7 @@ class _FixedTask:
     def build_data(self, tokenizer, rank, world, micro_batch):
         return None, None
 
-    def loss_keys(self, lang_codes):
+    def loss_keys(self, model_config):
         return ["dae"]
 
     @staticmethod

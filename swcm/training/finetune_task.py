@@ -11,14 +11,14 @@ import torch.distributed as dist
 
 from swcm.config import ConfigError, FinetuneRunConfig
 from swcm.training import checkpointing
-from swcm.training.task import Task
+from swcm.training.seq2seq_task import Seq2SeqTask
 
 log = logging.getLogger(__name__)
 
 LOWER_IS_BETTER = {"loss"}
 
 
-class FinetuneTask(Task):
+class FinetuneTask(Seq2SeqTask):
     """Model from `model.path` (an HF directory) or `model.init_run` (a pretraining run's newest complete
     checkpoint); train examples from `data.train` (files with caps / weights), dev examples from `data.dev`."""
 
@@ -91,8 +91,8 @@ class FinetuneTask(Task):
                              split="dev") if self.dev_examples else None)
         return train, dev
 
-    def loss_keys(self, lang_codes) -> list[str]:
-        return [f"lang_{code}" for code in lang_codes]
+    def loss_keys(self, model_config) -> list[str]:
+        return [f"lang_{code}" for code in model_config.lang_codes or []]
 
     @staticmethod
     def sample_keys(batch: dict) -> list[tuple[str, ...]]:

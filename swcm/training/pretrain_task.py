@@ -6,12 +6,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from swcm.config import ConfigError, RunConfig
-from swcm.training.task import Task
+from swcm.training.seq2seq_task import Seq2SeqTask
 
 TASKS = ("dae", "mt")
 
 
-class PretrainTask(Task):
+class PretrainTask(Seq2SeqTask):
     """The pretraining recipe for `Trainer`: model from `model.path`, data from `data.shards` / `data.dev_shards`."""
 
     name = "pretrain"
@@ -50,9 +50,9 @@ class PretrainTask(Task):
                if self.cfg.data.dev_shards else None)
         return train, dev
 
-    def loss_keys(self, lang_codes) -> list[str]:
+    def loss_keys(self, model_config) -> list[str]:
         """The keys of the per-objective / per-language losses logged as `train/loss_<key>`."""
-        return [*TASKS, *(f"lang_{code}" for code in lang_codes)]
+        return [*TASKS, *(f"lang_{code}" for code in model_config.lang_codes or [])]
 
     @staticmethod
     def sample_keys(batch: dict) -> list[tuple[str, str]]:

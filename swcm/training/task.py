@@ -26,9 +26,22 @@ class Task:
         """(train stream, dev stream or None) for this rank, micro-batches of at most `micro_batch` samples."""
         raise NotImplementedError
 
-    def loss_keys(self, lang_codes) -> list[str]:
+    def build_model(self, cfg):
+        """The model to train (fp32, train settings applied), from `model_path()`; the trainer has set up ZeRO-3
+        construction when that stage is on."""
+        raise NotImplementedError
+
+    def loss_keys(self, model_config) -> list[str]:
         """The keys of the losses logged as `train/loss_<key>`."""
         raise NotImplementedError
+
+    def flops(self, model_config, batch: dict) -> float:
+        """Training FLOPs (forward + backward) of one batch, for MFU."""
+        raise NotImplementedError
+
+    def describe(self, model_config) -> str:
+        """A few words on the model's shape for the start-up log line."""
+        return type(model_config).__name__
 
     @staticmethod
     def sample_keys(batch: dict) -> list[tuple[str, ...]]:

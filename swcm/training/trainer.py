@@ -5,7 +5,8 @@
 
 The task (`PretrainTask`, the fine-tuning task) says where the model and the batches come from and what the dev
 evaluation measures; the trainer owns the engine, the step, the logs and the checkpoints. DeepSpeed stays a thin
-layer over a plain `SWCMForConditionalGeneration` and `torch.optim.AdamW` (swcm/training/engine.py).
+layer over the task's plain model (`SWCMForConditionalGeneration`, or an XLM-R for masked-LM pretraining) and
+`torch.optim.AdamW` (swcm/training/engine.py).
 
 A step's gradient is that of (sum of token losses over every micro-batch on every rank) / (scored tokens in the
 step): the split into micro-batches and ranks changes nothing, and a filler batch counts no token. The count is
@@ -28,20 +29,17 @@ import torch
 import torch.distributed as dist
 
 from swcm.config import ConfigError, RunConfig
-from swcm.modeling_swcm import SWCMForConditionalGeneration, resolve_attn_implementation
+from swcm.modeling_swcm import resolve_attn_implementation
 from swcm.seq2seq_layout import scored
 from swcm.training import checkpointing, nonfinite
 from swcm.training.ds_config import load_ds_config, micro_batch_size
 from swcm.training.engine import build_engine, init_process_group
-from swcm.training.metrics import LossTracker, device_peak_flops, memory_gb, model_flops
+from swcm.training.metrics import LossTracker, device_peak_flops, memory_gb
 from swcm.training.run_log import RunLog
 from swcm.training.shm import release_shm_buffers
 from swcm.training.stop import StopRequest
 
 log = logging.getLogger("swcm.train")
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask", "labels")
-
 
 @dataclass
 class StepResult:
@@ -53,10 +51,11 @@ class StepResult:
 
 
 class Throughput:
-    """Tokens, samples and model FLOPs since the last log step, counted on the host from the batches."""
+    """Tokens, samples and model FLOPs since the last log step, counted on the host from the batches;
+    `flops(batch)` gives a batch's training FLOPs."""
 
-    def __init__(self, model_config):
-        self.model_config = model_config
+    def __init__(self, flops):
+        self.flops_of = flops
         self.reset()
 
     def reset(self) -> None:
@@ -64,12 +63,11 @@ class Throughput:
         self.start = time.perf_counter()
 
     def add(self, batch: dict) -> int:
-        """Count one micro-batch; returns its source + target tokens."""
-        src, tgt = batch["attention_mask"].sum(1), batch["decoder_attention_mask"].sum(1)
-        tokens = int(src.sum() + tgt.sum())
+        """Count one micro-batch; returns its tokens (source + target where there is a decoder)."""
+        tokens = sum(int(batch[k].sum()) for k in ("attention_mask", "decoder_attention_mask") if k in batch)
         self.tokens += tokens
-        self.samples += 0 if batch.get("is_padding") else len(src)
-        self.flops += model_flops(self.model_config, src, tgt)
+        self.samples += 0 if batch.get("is_padding") else len(batch["attention_mask"])
+        self.flops += self.flops_of(batch)
         return tokens
 
 
@@ -104,7 +102,8 @@ class Trainer:
         """Process group, model, engine and data streams."""
         self.rank, self.world = init_process_group(self.cfg.train.gloo_piece_mb)
         self.task.prepare(self)
-        model = self._load_model()
+        self._keep_zero3_config()
+        model = self.task.build_model(self.cfg)
         self.model_config = model.config
         self.n_params = sum(p.numel() for p in model.parameters())
         self.engine, self.scheduler = build_engine(model, self.cfg.train, self.ds_config, self.cfg.train.max_steps)
@@ -114,27 +113,20 @@ class Trainer:
         self.gas = self.engine.gradient_accumulation_steps()
         self.train_data, self.dev_data = self.task.build_data(
             self.tokenizer, self.rank, self.world, micro_batch_size(self.ds_config, self.world))
-        self.tracker = LossTracker(self.task.loss_keys(self.model_config.lang_codes or []), self.device)
-        self.throughput = Throughput(self.model_config)
+        self.tracker = LossTracker(self.task.loss_keys(self.model_config), self.device)
+        self.throughput = Throughput(lambda batch: self.task.flops(self.model_config, batch))
         self.peak_flops = device_peak_flops(self.device)
 
-    def _load_model(self):
-        """The task's model in fp32 with the run's model settings. Under ZeRO-3 an HfDeepSpeedConfig stays alive while
-        `from_pretrained` runs, so the model is built under `zero.Init` and each weight loads into its partition (a
-        bare `zero.Init` would partition submodules before `_init_weights`; see CPU-NOTES)."""
-        mcfg = self.cfg.model
+    def _keep_zero3_config(self) -> None:
+        """Under ZeRO-3, an HfDeepSpeedConfig kept alive for the run makes `from_pretrained` build the task's model
+        under `zero.Init`, loading each weight into its partition (a bare `zero.Init` would partition submodules
+        before `_init_weights`; see CPU-NOTES), and makes generation synchronise the ranks. Other stages build the
+        model whole."""
         self._hf_ds_config = None
         if self.ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
             from transformers.integrations import HfDeepSpeedConfig
 
-            self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)  # must stay referenced while building
-        model = SWCMForConditionalGeneration.from_pretrained(
-            str(self.task.model_path()), attn_implementation=mcfg.attn_implementation, dtype=torch.float32)
-        model.config.fused_lm_head_ce = mcfg.fused_lm_head_ce
-        model.config.label_smoothing = self.cfg.train.label_smoothing
-        if mcfg.gradient_checkpointing:
-            model.activation_checkpointing_enable()
-        return model
+            self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _reduce(self, values, op=dist.ReduceOp.SUM) -> torch.Tensor:
@@ -144,7 +136,8 @@ class Trainer:
         return t
 
     def _to_device(self, batch: dict) -> dict:
-        return {k: batch[k].to(self.device, non_blocking=True) for k in MODEL_INPUTS}
+        """The batch's tensors (the model's inputs) on the device; metadata stays behind."""
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
 
     def _zero0_grad_norm(self) -> float:
         """The global gradient norm at ZeRO-0, where DeepSpeed records none (the gradients are all-reduced by now)."""
@@ -277,8 +270,8 @@ class Trainer:
              "world_size": self.world, "attention": self.attention}, indent=2))
         self.model_config.save_pretrained(str(self.out / "model"))
         self.tokenizer.save_pretrained(str(self.out / "model"))
-        log.info("model: %.1fM parameters, %d decoder layers; world size %d, ZeRO stage %d, %s, %d micro-batches "
-                 "per step; attention %s -> %s (%s tensors)", self.n_params / 1e6, self.model_config.decoder_layers,
+        log.info("model: %.1fM parameters (%s); world size %d, ZeRO stage %d, %s, %d micro-batches per step; "
+                 "attention %s -> %s (%s tensors)", self.n_params / 1e6, self.task.describe(self.model_config),
                  self.world, self.stage, "bf16" if self.ds_config["bf16"].get("enabled") else "fp32", self.gas,
                  self.cfg.model.attn_implementation, self.attention, self.device.type)
         return RunLog(self.out, step, self.cfg.train.max_steps, self.task.name)
