@@ -101,7 +101,7 @@ def assets(tmp_path_factory, tiny_xlmr_dir):
     return root
 
 
-def _launch(assets, out, stage="zero0", *, resume=False, extra=(), node_rank=None, port=None):
+def _launch(assets, out, stage="zero0", *, resume=False, extra=(), node_rank=None, port=None, env=None):
     cmd = [DS]
     if node_rank is None:
         cmd += ["--num_gpus", "2", "--master_port", str(port or _free_port())]
@@ -113,8 +113,8 @@ def _launch(assets, out, stage="zero0", *, resume=False, extra=(), node_rank=Non
     if resume:
         cmd.append("--resume")
     log = open(_log_path(out, resume, node_rank), "w")
-    return subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env={**_env(), **(env or {})}, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _wait(proc, timeout=400) -> int:
@@ -335,3 +335,47 @@ def test_bad_input_fails_before_training(assets, tmp_path, case):
     assert len(errors) == 1 and expect in errors[0], res.stderr[-3000:]
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "run").exists()
+
+
+def _session_processes(sid: int) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(p.pid) == sid:
+                found.append(p)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+def test_a_failed_save_ends_the_job_and_resume_skips_a_damaged_checkpoint(assets, reference_runs):
+    """The disk fills up during the save of step 12 (tests/fault_injection): the job ends within 30 s with one
+    error line, no process left and DeepSpeed's /dev/shm buffers gone; then the newest complete checkpoint (8) is
+    damaged too, and --resume reports it and continues from step 4, reproducing the uninterrupted losses."""
+    out = assets / "full_disk"
+    shm = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
+    proc = _launch(assets, out, "zero2", env={"PYTHONPATH": str(ROOT / "tests" / "fault_injection"),
+                                              "SWCM_TEST_FULL_DISK_AT": "step_00000012"})
+    _wait_for_step(out, 12, proc)
+    failed_at = time.time()
+    assert _wait(proc, timeout=120) != 0
+    assert time.time() - failed_at < 30
+    log = _log_path(out).read_text()
+    errors = [ln for ln in log.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0] and "rank" in errors[0], errors
+    time.sleep(1)
+    assert _session_processes(proc.pid) == [], "a process of the job outlived it"
+    assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) <= shm
+    assert _complete_steps(out) == [4, 8]
+
+    victim = out / "checkpoints" / "step_00000008" / "mp_rank_00_model_states.pt"
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    proc = _launch(assets, out, "zero2", resume=True)
+    assert _wait(proc) == 0, _log(out, resume=True)
+    resumed = _log(out, resume=True)
+    assert f"skipping damaged checkpoint {out / 'checkpoints' / 'step_00000008'}" in resumed
+    assert f"resumed from {out / 'checkpoints' / 'step_00000004'}" in resumed
+    ref, got = losses(reference_runs["zero2"]), losses(out)
+    for step in range(5, STEPS + 1):
+        assert got[step] == pytest.approx(ref[step], abs=1e-6), step
+    assert (out / "checkpoints" / "latest").read_text() == f"step_{STEPS:08d}"

@@ -3,8 +3,10 @@
 Layout of `RUN_DIR/checkpoints/step_00000100/`: DeepSpeed's own files (`save_checkpoint`), one
 `swcm_rank{r}.json` per rank (loader state, RNG states), and `COMPLETE`, written by rank 0 last, after every
 rank has finished. A directory without `COMPLETE` is a save that was interrupted: resume ignores it, and the
-next save of that step replaces it. DeepSpeed's own `latest` file is not used (it is written before the
-save is known to be complete on every rank).
+next save of that step replaces it. `RUN_DIR/checkpoints/latest` names the newest complete checkpoint and is
+written after `COMPLETE` (DeepSpeed's own `latest` would be written before the save is known to be complete on
+every rank), so DeepSpeed's tools (`zero_to_fp32.py`, `ds_to_universal`) find it as they expect. A complete
+checkpoint whose files were damaged later (truncated, missing) is reported and skipped by resume.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import torch
@@ -23,6 +26,7 @@ import torch.distributed as dist
 log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
+LATEST = "latest"   # the name DeepSpeed's tools read
 _TAG = re.compile(r"^step_(\d{8})$")
 
 
@@ -49,6 +53,43 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
             if m and (d / MARKER).is_file():
                 found.append((int(m.group(1)), d))
     return sorted(found)
+
+
+def expected_files(ckpt: Path, stage: int, world_size: int) -> list[Path]:
+    """The DeepSpeed files a checkpoint of this ZeRO stage and world size holds."""
+    model = ([ckpt / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(world_size)] if stage == 3
+             else [ckpt / "mp_rank_00_model_states.pt"])
+    if stage == 0:
+        return model
+    optim = []
+    for r in range(world_size):   # bf16 runs may prefix the optimizer files with `bf16_`
+        name = f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt"
+        optim += sorted(ckpt.glob(f"*{name}"))[:1] or [ckpt / name]
+    return model + optim
+
+
+def damage(ckpt: Path, stage: int) -> str | None:
+    """What is wrong with the complete checkpoint `ckpt` of a ZeRO-`stage` run (a missing or unreadable file,
+    naming it), or None. Reads only the archives' directories (a truncated file has lost the zip directory at its
+    end); damage inside an intact archive shows only when DeepSpeed loads it."""
+    try:
+        world_size = int(json.loads((ckpt / MARKER).read_text())["world_size"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{ckpt / MARKER}: unreadable ({e})"
+    for r in range(world_size):
+        path = ckpt / f"swcm_rank{r}.json"
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            return f"{path}: missing or unreadable ({type(e).__name__})"
+    for path in expected_files(ckpt, stage, world_size):
+        if not path.is_file():
+            return f"{path}: missing (a ZeRO-{stage} checkpoint of {world_size} rank(s) needs it)"
+        try:
+            zipfile.ZipFile(path).close()
+        except (OSError, zipfile.BadZipFile) as e:
+            return f"{path}: damaged or truncated checkpoint file ({e})"
+    return None
 
 
 def _rng_state() -> dict:
@@ -87,6 +128,7 @@ def save(engine, root: Path, step: int, *, loader_state: dict, run_state: dict, 
     dist.barrier()
     if rank == 0:
         write_atomic(ckpt / MARKER, json.dumps({"step": step, "world_size": world}) + "\n")
+        write_atomic(root / LATEST, tag)
         for old_step, old in complete_checkpoints(root)[:-keep_last]:
             if old_step not in protect:
                 shutil.rmtree(old, ignore_errors=True)
@@ -96,25 +138,32 @@ def save(engine, root: Path, step: int, *, loader_state: dict, run_state: dict, 
 
 
 def load_latest(engine, root: Path) -> tuple[int, dict, dict, dict] | None:
-    """Load the newest complete checkpoint under `root` into `engine`.
+    """Load the newest complete checkpoint under `root` that is intact into `engine` (collective); a damaged newer
+    one is reported (naming the file) and skipped.
 
-    Returns (step, run_state, loader_state, rng_state), or None when there is no complete checkpoint. The
-    caller restores `rng_state` (with `set_rng_state`) right before the first training step, so that nothing
-    run in between (data-loader start-up, benchmarks) shifts the dropout masks.
+    Returns (step, run_state, loader_state, rng_state), or None when there is none. The caller restores
+    `rng_state` (with `set_rng_state`) right before the first training step, so that nothing run in between
+    (data-loader start-up, benchmarks) shifts the dropout masks.
     """
-    found = complete_checkpoints(root)
-    if not found:
-        return None
-    step, ckpt = found[-1]
     rank, world = dist.get_rank(), dist.get_world_size()
-    marker = json.loads((ckpt / MARKER).read_text())
-    if marker["world_size"] != world:
-        raise RuntimeError(f"{ckpt}: saved with world size {marker['world_size']}, resumed with {world}; the loader "
-                           "position is per rank, so resume with the same number of ranks")
-    _, client = engine.load_checkpoint(str(root), tag=ckpt.name, load_optimizer_states=True,
-                                       load_lr_scheduler_states=True)
-    if client is None:
-        raise RuntimeError(f"{ckpt}: DeepSpeed could not load this checkpoint")
-    per_rank = json.loads((ckpt / f"swcm_rank{rank}.json").read_text())
-    log.info("resumed from %s (step %d)", ckpt, step)
-    return step, client["swcm"], per_rank["loader"], per_rank["rng"]
+    stage = engine.zero_optimization_stage()
+    for step, ckpt in reversed(complete_checkpoints(root)):
+        problem = damage(ckpt, stage)
+        flags = torch.tensor([float(problem is not None)], device=engine.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)   # every rank loads the same checkpoint or none
+        if flags.item():
+            if rank == 0:
+                log.warning("skipping damaged checkpoint %s: %s", ckpt, problem or "a file another rank reads is bad")
+            continue
+        marker = json.loads((ckpt / MARKER).read_text())
+        if marker["world_size"] != world:
+            raise RuntimeError(f"{ckpt}: saved with world size {marker['world_size']}, resumed with {world}; the "
+                               "loader position is per rank, so resume with the same number of ranks")
+        _, client = engine.load_checkpoint(str(root), tag=ckpt.name, load_optimizer_states=True,
+                                           load_lr_scheduler_states=True)
+        if client is None:
+            raise RuntimeError(f"{ckpt}: DeepSpeed could not load this checkpoint")
+        per_rank = json.loads((ckpt / f"swcm_rank{rank}.json").read_text())
+        log.info("resumed from %s (step %d)", ckpt, step)
+        return step, client["swcm"], per_rank["loader"], per_rank["rng"]
+    return None

@@ -1,5 +1,6 @@
-"""The command line shared by `launch/pretrain.py` and `launch/finetune.py`: arguments, logging, one `error:` line
-for anything the user can fix, then the trainer."""
+"""The command line shared by the training entry points (launch/pretrain.py, launch/finetune.py, ...): arguments,
+logging, one `error:` line for anything the user can fix (before any process group), then the trainer; a failure
+after that ends the process at once with one `error:` line for the job (swcm/training/failure.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 
 def parse_args(doc: str, config_help: str, argv=None) -> argparse.Namespace:
@@ -32,6 +34,8 @@ def run(doc: str, config_help: str, config_cls, make_task, argv=None) -> int:
                         format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s")
     from swcm.config import ConfigError, load_config
     from swcm.data.shards import DataError
+    from swcm.training.failure import exit_on_failure
+    from swcm.training.shm import release_shm_buffers
     from swcm.training.trainer import Trainer
 
     try:
@@ -41,4 +45,7 @@ def run(doc: str, config_help: str, config_cls, make_task, argv=None) -> int:
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return trainer.train()
+    try:
+        return trainer.train()
+    except BaseException as e:  # any failure after the checks: one error line for the job, exit at once
+        exit_on_failure(e, Path(args.out), int(os.environ.get("RANK", "0")), cleanup=(release_shm_buffers,))

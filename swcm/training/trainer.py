@@ -16,6 +16,7 @@ device and are read once per step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -321,12 +322,13 @@ class Trainer:
         if self.dev_data is None:
             return None
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for n, batch in enumerate(self.dev_data.epoch_batches()):
-            if n >= self.cfg.train.dev_batches:
-                break
-            out = self.engine(**self._to_device(batch))
-            sums[0] += out.token_losses.sum()
-            sums[1] += float(scored(batch["labels"]).sum())
+        with contextlib.closing(self.dev_data.epoch_batches()) as batches:   # loader workers end with the loop
+            for n, batch in enumerate(batches):
+                if n >= self.cfg.train.dev_batches:
+                    break
+                out = self.engine(**self._to_device(batch))
+                sums[0] += out.token_losses.sum()
+                sums[1] += float(scored(batch["labels"]).sum())
         loss_sum, count = self._reduce(sums).tolist()
         return loss_sum / count if count > 0 else None
 

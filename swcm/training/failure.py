@@ -1,0 +1,67 @@
+"""How a training process ends when something raises: one `error:` line for the whole job, nothing waited for.
+
+The first rank to fail (counted in the process group's store) prints `error: rank R: <cause>`; ranks that fail
+after it, usually because a collective lost that rank, print a plain line saying so. Every rank then leaves at
+once with `os._exit`, skipping atexit work that could wait on dead peers; its loader workers die with it, and the
+launcher ends the other ranks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EXIT_FAILED = 1
+STORE_KEY = "swcm/failures"
+
+
+def _first_to_fail() -> bool:
+    """Whether this rank is the job's first failure (True when there is no process group or store to ask)."""
+    try:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            return True
+        store = dist.distributed_c10d._get_default_store()
+        store.set_timeout(datetime.timedelta(seconds=5))   # the store's host may be the rank that died
+        return store.add(STORE_KEY, 1) == 1
+    except Exception:   # no store, or its host is gone: the host failed first and said so
+        return False
+
+
+def _keep_traceback(exc: BaseException, out_dir: Path, rank: int) -> Path | None:
+    """Write the traceback to RUN/errors/rank{R}.txt if the disk allows; returns the path, or None."""
+    try:
+        path = out_dir / "errors" / f"rank{rank}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(traceback.format_exception(exc)))
+        return path
+    except OSError:
+        return None
+
+
+def exit_on_failure(exc: BaseException, out_dir: Path, rank: int, cleanup=()) -> None:
+    """Report `exc` (one `error:` line if this rank failed first), run the `cleanup` callables, and end the
+    process with EXIT_FAILED. Never returns."""
+    cause = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
+    where = _keep_traceback(exc, out_dir, rank)
+    detail = f" (traceback: {where})" if where else ""
+    if _first_to_fail():
+        print(f"error: rank {rank}: {cause}{detail}", file=sys.stderr, flush=True)
+    else:
+        print(f"rank {rank} stopped after another rank's failure: {cause}{detail}", file=sys.stderr, flush=True)
+    for fn in cleanup:
+        try:
+            fn()
+        except Exception:
+            pass
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_FAILED)
