@@ -18,9 +18,11 @@ setup(
         "tqdm>=4.60",
         "sacrebleu>=2.3",
         "accelerate>=1.1",
+        "psutil>=5.9",   # swcm-launch (swcm/launcher.py)
     ],
+    entry_points={"console_scripts": ["swcm-launch=swcm.launcher:main"]},
     extras_require={
         "triton": ["triton>=3.0"],
-        "dev": ["pytest>=8", "pytest-timeout>=2", "triton>=3.0", "psutil>=5.9"],   # psutil: process checks in tests
+        "dev": ["pytest>=8", "pytest-timeout>=2", "triton>=3.0"],
     },
 )

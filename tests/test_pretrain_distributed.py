@@ -101,8 +101,9 @@ def assets(tmp_path_factory, tiny_xlmr_dir):
     return root
 
 
-def _launch(assets, out, stage="zero0", *, resume=False, extra=(), node_rank=None, port=None, env=None):
-    cmd = [DS]
+def _launch(assets, out, stage="zero0", *, resume=False, extra=(), node_rank=None, port=None, env=None,
+            launcher=(DS,)):
+    cmd = [*launcher]
     if node_rank is None:
         cmd += ["--num_gpus", "2", "--master_port", str(port or _free_port())]
     else:
@@ -379,3 +380,28 @@ def test_a_failed_save_ends_the_job_and_resume_skips_a_damaged_checkpoint(assets
     for step in range(5, STEPS + 1):
         assert got[step] == pytest.approx(ref[step], abs=1e-6), step
     assert (out / "checkpoints" / "latest").read_text() == f"step_{STEPS:08d}"
+
+
+def test_preemption_signals_save_exit_zero_and_resume_exactly(assets, reference_runs):
+    """Under swcm-launch (DeepSpeed's own launcher cannot: see swcm/launcher.py), SIGTERM to the job's whole process
+    group, then Ctrl-C's SIGINT to the group, then SIGTERM to the launcher alone: each time every rank finishes its
+    step and saves, the launcher exits 0 after its ranks, nothing of the job is left, and the run resumed after
+    all three reproduces the uninterrupted losses."""
+    out = assets / "preempted"
+    stops = [(6, lambda p: os.killpg(p.pid, signal.SIGTERM)), (12, lambda p: os.killpg(p.pid, signal.SIGINT)),
+             (18, lambda p: p.send_signal(signal.SIGTERM))]
+    for n, (at_step, send) in enumerate(stops):
+        proc = _launch(assets, out, "zero2", resume=n > 0, launcher=(PY, "-m", "swcm.launcher"))
+        _wait_for_step(out, at_step, proc)
+        send(proc)
+        assert _wait(proc) == 0, _log(out, resume=n > 0)
+        assert _session_processes(proc.pid) == [], f"stop {n}: a process outlived the launcher"
+        stopped = max(losses(out))
+        assert stopped < STEPS and _complete_steps(out)[-1] == stopped, (n, stopped, _complete_steps(out))
+        assert (out / "checkpoints" / "latest").read_text() == f"step_{stopped:08d}"
+    proc = _launch(assets, out, "zero2", resume=True, launcher=(PY, "-m", "swcm.launcher"))
+    assert _wait(proc) == 0, _log(out, resume=True)
+    ref, got = losses(reference_runs["zero2"]), losses(out)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        assert got[step] == pytest.approx(ref[step], abs=1e-6), step
