@@ -4,13 +4,16 @@
     python launch/inspect_data.py runs/demo/shards/train --config configs/demo.json --rank 0 --world-size 2 \
         --num-workers 2 --batches 20 [--decode] [--state-in s.json] [--state-out s.json] [--set data.alpha=1.0]
 
-Each line: {"epoch", "batch" (its index in the epoch), "sample_id", "task", "lang", "src_lang", "tgt_lang", "src_ids", "tgt_ids"}
-(src_ids: the encoder input without padding; tgt_ids: the scored labels, <tgt_lang> y </s>), plus "src_text" and
-"tgt_text" with --decode. A filler batch (a rank that ran out of samples) prints {"epoch", "batch",
-"is_padding": true}. --epochs E prints exactly E epochs of this rank's samples from the current position;
---state-out saves the loader state after the last batch, --state-in resumes from one. Bad input (a shard set,
-state or setting the loader cannot use, a corrupt shard) ends with one `error: ...` line and exit status 2; a
-reader that goes away (`| head -1`) ends it quietly with status 141, as SIGPIPE ends `yes | head`.
+Each line: {"epoch", "batch" (its index in the epoch), "sample_id", "task", "lang", "src_lang", "tgt_lang",
+"src_ids", "tgt_ids"} (src_ids: the encoder input without padding; tgt_ids: the scored labels, <tgt_lang> y </s>),
+plus "src_text" and "tgt_text" with --decode. A filler batch (a rank that ran out of samples) prints {"epoch", "batch",
+"is_padding": true}. --epochs E prints exactly E epochs of this rank's samples from the current position (the
+first one from --state-in's position to its end); --state-out saves the loader state after the last batch,
+--state-in resumes from one. The state is the same on every rank of a layout and loads on any layout: run
+each rank of 2 ranks with --state-out, then 1 or 3 ranks (other --world-size / --num-workers) with --state-in
+that file, and the rest of the epoch is read once over the new ranks (docs/data.md, Resume). Bad input (a
+shard set, state or setting the loader cannot use, a corrupt shard) ends with one `error: ...` line and exit
+status 2; a reader that goes away (`| head -1`) ends it quietly with status 141, as SIGPIPE ends `yes | head`.
 """
 
 import argparse
@@ -38,7 +41,8 @@ def parse_args(argv=None):
     what.add_argument("--batches", type=int, help="print this many batches")
     what.add_argument("--epochs", type=int, help="print this many whole epochs")
     p.add_argument("--decode", action="store_true", help="add src_text / tgt_text")
-    p.add_argument("--state-in", default=None, help="loader state JSON to resume from")
+    p.add_argument("--state-in", default=None,
+                   help="loader state JSON to resume from (any rank's; the layout may differ from its own)")
     p.add_argument("--state-out", default=None, help="write the loader state JSON here at the end")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set data.alpha=1.0 (repeatable)")

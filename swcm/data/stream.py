@@ -4,8 +4,10 @@
 (train) or for one epoch (dev). Which sample goes into which batch is fixed by the epoch plan
 (`swcm.data.plan`), computed alike on every rank; worker processes (torch DataLoader workers, one per
 (rank, worker) slot) only read their slot's shards, noise and collate, and the main process puts their
-batches back into plan order. The state is therefore just (epoch, batches yielded in it) plus the settings
-that decide the plan -- JSON, and exact on restore, for any number of workers.
+batches back into plan order. The state is therefore just a position -- the epoch and the batches yielded in it
+on each layout (world size x workers) it ran on -- plus the settings that decide the plan: JSON, the same on
+every rank, exact on restore, and loadable on another layout (the rest of the epoch is then re-planned, every
+unread sample read once).
 
 Worker lifecycle: workers live as long as the iteration that started them. They end when it ends, stops
 early (the generator is closed or dropped) or fails, when the interpreter exits with an iterator still alive,
@@ -45,7 +47,8 @@ from swcm.data.text import SENTENCE_END_CHARS
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "swcm-stream-state"
-STATE_VERSION = 1
+STATE_VERSION = 2
+LAYOUT = ("world_size", "num_workers")   # the PlanSpec fields a state may change (see load_state_dict)
 
 
 def sentence_end_table(tokenizer) -> np.ndarray:
@@ -104,7 +107,7 @@ class _SlotRunner:
         d = self.dec
         for j in range(self.start, len(self.sp.batches)):
             idx = self.sp.batches[j]
-            g = rng(d.seed, NOISE, self.plan.epoch, self.slot, j)
+            g = rng(d.seed, NOISE, self.plan.epoch, self.slot, j, segment=self.plan.segment)
             enc, tgt, tags, task, src_lang, tgt_lang, ids = [], [], [], [], [], [], []
             for i in idx:
                 s = self._sample(int(self.sp.unit[i]), int(self.sp.offset[i]))
@@ -199,25 +202,31 @@ def _as_is(item):
 
 
 class _RankEpochs(torch.utils.data.IterableDataset):
-    """DataLoader dataset: worker w runs slot (rank, w) epoch after epoch, from batch `first_starts[w]` of
-    `first_epoch`, yielding (epoch, worker, batch index, batch). Each worker builds the (deterministic) plan
-    itself, so one set of worker processes serves every epoch."""
+    """DataLoader dataset: worker w yields `slot_batches(w)`. Each worker builds the later epochs' (deterministic)
+    plans itself, so one set of worker processes serves every epoch."""
 
-    def __init__(self, stream: "PretrainStream", first_epoch: int, first_starts: list[int], epochs: int | None):
+    def __init__(self, stream: "PretrainStream", first: EpochPlan, starts: list[int], epochs: int | None):
         self.dec, self.spec, self.rank = stream._dec, stream.spec, stream.rank
         self.streams, self.lengths = stream.index["streams"], stream.lengths
-        self.first_epoch, self.first_starts, self.epochs = first_epoch, first_starts, epochs
+        self.first, self.starts, self.epochs = first, starts, epochs
+
+    def slot_batches(self, worker: int):
+        """(epoch, worker, batch index, batch) of slot (rank, worker), epoch after epoch (`epochs` of them, None:
+        forever): the plan `first` from batch `starts[worker]`, then each later epoch from its start, planned
+        on this layout."""
+        plan = self.first
+        while True:
+            start = self.starts[worker] if plan is self.first else 0
+            for j, batch in _SlotRunner(self.dec, plan, self.rank * plan.num_workers + worker, start):
+                yield plan.epoch, worker, j, batch
+            if self.epochs is not None and plan.epoch + 1 >= self.first.epoch + self.epochs:
+                return
+            plan = build_plan(self.spec, plan.epoch + 1, self.streams, self.lengths)
 
     def __iter__(self):
         w = torch.utils.data.get_worker_info().id
-        epoch = self.first_epoch
         try:
-            while self.epochs is None or epoch < self.first_epoch + self.epochs:
-                plan = build_plan(self.spec, epoch, self.streams, self.lengths)
-                start = self.first_starts[w] if epoch == self.first_epoch else 0
-                for j, batch in _SlotRunner(self.dec, plan, self.rank * plan.num_workers + w, start):
-                    yield epoch, w, j, batch
-                epoch += 1
+            yield from self.slot_batches(w)
         except DataError as e:   # a corrupt shard: the consumer gets the message, not torch's worker traceback
             yield _WorkerError(str(e))
 
@@ -248,8 +257,10 @@ class PretrainStream:
                              world_size=world_size, num_workers=self.num_workers, shuffle_buffer=cfg.shuffle_buffer,
                              max_tokens=cfg.max_tokens, max_samples=cfg.max_samples,
                              pad_to_multiple=cfg.pad_to_multiple, bucket_batches=cfg.bucket_batches)
-        self._epoch, self._done = 0, 0
-        self._plan: EpochPlan | None = None
+        # The position: the epoch, the layout segments it ran before this layout's ((world_size, num_workers,
+        # batches yielded per rank), earlier first) and the batches yielded on this layout.
+        self._epoch, self._segments, self._done = 0, (), 0
+        self._cached: tuple[tuple, EpochPlan] | None = None
         try:
             noise = DenoisingNoise(tokenizer.mask_token_id, cfg.mask_ratio, cfg.poisson_lambda,
                                    cfg.permute_sentences, sentence_end_table(tokenizer))
@@ -273,19 +284,28 @@ class PretrainStream:
 
     @property
     def batches_done(self) -> int:
-        """Batches of the current epoch already yielded (the next batch's index in the epoch)."""
-        return self._done
+        """Batches of the current epoch already yielded per rank, on every layout it ran on (the next batch's
+        index in the epoch)."""
+        return sum(done for _, _, done in self._segments) + self._done
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
-        """The epoch plan (cached for the current epoch)."""
-        epoch = self._epoch if epoch is None else epoch
-        if self._plan is None or self._plan.epoch != epoch:
-            self._plan = build_plan(self.spec, epoch, self.index["streams"], self.lengths)
-        return self._plan
+        """The plan of `epoch` (default: the current one) on this layout: for the current epoch, its rest
+        re-planned if it began on another layout; for another epoch, from its start. Cached (the last one)."""
+        if epoch is None or epoch == self._epoch:
+            return self._plan_at(self._epoch, self._segments)
+        return self._plan_at(epoch, ())
+
+    def _plan_at(self, epoch: int, segments: tuple) -> EpochPlan:
+        key = (epoch, segments)
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, build_plan(self.spec, epoch, self.index["streams"], self.lengths, segments))
+        return self._cached[1]
 
     def batches_per_epoch(self, epoch: int | None = None) -> int:
-        """Batches every rank yields in `epoch` (fillers included)."""
-        return self.plan(epoch).batches_per_rank()
+        """Batches every rank yields in `epoch` (default: the current one; fillers included): for the current
+        epoch, those yielded on earlier layouts plus this layout's plan of the rest."""
+        earlier = self.batches_done - self._done if epoch is None or epoch == self._epoch else 0
+        return earlier + self.plan(epoch).batches_per_rank()
 
     # -- iteration --------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict]:
@@ -298,38 +318,37 @@ class PretrainStream:
         """The rest of the current epoch, from the current position; afterwards the state points at the start
         of the next epoch. For the dev split: the whole (fixed) epoch every time, state untouched."""
         if self.split == "dev":
-            return self._iterate(1, start=(0, 0), track=False)
+            return self._iterate(1, track=False)
         return self._iterate(1)
 
-    def _iterate(self, epochs: int | None, start: tuple[int, int] | None = None, track: bool = True):
-        """`epochs` epochs (None: forever) from `start` = (epoch, batches done) -- default the current position
-        -- recording the position after every batch in the stream's state if `track`."""
-        epoch, done = start if start is not None else (self._epoch, self._done)
-        order = self.plan(epoch).rank_order(self.rank)
-        starts = [sum(1 for w, _ in order[:done] if w == worker) for worker in range(self.num_workers)]
-        source = self._worker_batches(epoch, starts, epochs)
+    def _iterate(self, epochs: int | None, track: bool = True):
+        """`epochs` epochs (None: forever) from the current position -- from the start of epoch 0 if not
+        `track` -- recording the position after every batch in the stream's state if `track`."""
+        plan, done = (self.plan(), self._done) if track else (self._plan_at(0, ()), 0)
+        taken = plan.slot_batches_done(self.rank, done)
+        source = self._worker_batches(plan, taken, epochs)
         try:
-            yield from self._in_plan_order(source, epochs, epoch, done, track)
+            yield from self._in_plan_order(source, epochs, plan, done, track)
         finally:   # closing this generator (or an error in it) ends the workers now, not at garbage collection
             source.close()
 
-    def _in_plan_order(self, source, epochs: int | None, epoch: int, done: int, track: bool):
+    def _in_plan_order(self, source, epochs: int | None, plan: EpochPlan, done: int, track: bool):
         """The rank's batches from `source` (workers' batches in arrival order) re-sorted into plan order, with
-        filler batches appended to each epoch, from position `done` of `epoch`."""
-        first_epoch = epoch
+        filler batches appended to each epoch, from position `done` of `plan` and then epoch after epoch."""
         waiting: dict[tuple[int, int, int], dict] = {}
         fill = dict(bos=self._dec.bos, eos=self._dec.eos, pad=self._dec.pad, multiple=self._dec.multiple)
-        while epochs is None or epoch < first_epoch + epochs:
-            plan = self.plan(epoch)
+        first_epoch = plan.epoch
+        while True:
             order, total = plan.rank_order(self.rank), plan.batches_per_rank()
             if total == 0:
-                raise DataError(f"{self.shard_dir}: epoch {epoch} plans no batch at all")
+                raise DataError(f"{self.shard_dir}: epoch {plan.epoch} plans no batch at all")
             if done == 0:
-                log.info("%s epoch %d, rank %d: %d batches + %d fillers (the longest rank has %d)", self.split,
-                         epoch, self.rank, len(order), total - len(order), total)
+                log.info("%s epoch %d%s, rank %d: %d batches + %d fillers (the longest rank has %d)", self.split,
+                         plan.epoch, " (rest, re-planned on this layout)" if plan.segment else "", self.rank,
+                         len(order), total - len(order), total)
             for position in range(done, total):
                 if position < len(order):
-                    key = (epoch, *order[position])
+                    key = (plan.epoch, *order[position])
                     while key not in waiting:   # workers' batches arrive in the DataLoader's order: re-sort
                         e, w, j, batch = next(source)
                         waiting[(e, w, j)] = batch
@@ -337,24 +356,26 @@ class PretrainStream:
                 else:
                     batch = filler_batch(**fill)
                 if track:
-                    self._epoch, self._done = (epoch + 1, 0) if position + 1 == total else (epoch, position + 1)
+                    if position + 1 == total:
+                        self._epoch, self._segments, self._done = plan.epoch + 1, (), 0
+                    else:
+                        self._done = position + 1
                 yield to_tensors(batch)
-            epoch, done = epoch + 1, 0
+            if epochs is not None and plan.epoch + 1 == first_epoch + epochs:
+                return
+            plan, done = self._plan_at(plan.epoch + 1, ()), 0
 
-    def _worker_batches(self, first_epoch: int, starts: list[int], epochs: int | None):
-        """(epoch, worker, batch index, batch) from the slot runners: in this process if num_workers is 0,
-        else from DataLoader workers that live as long as this iteration."""
+    def _worker_batches(self, first: EpochPlan, starts: list[int], epochs: int | None):
+        """(epoch, worker, batch index, batch) from the slot runners, from plan `first` at batch `starts[w]` of
+        each worker w: in this process if num_workers is 0, else from DataLoader workers that live as long as
+        this iteration."""
+        epochs_source = _RankEpochs(self, first, starts, epochs)
         if self.cfg.num_workers == 0:
-            epoch = first_epoch
-            while epochs is None or epoch < first_epoch + epochs:
-                plan = build_plan(self.spec, epoch, self.index["streams"], self.lengths)
-                for j, batch in _SlotRunner(self._dec, plan, self.rank, starts[0] if epoch == first_epoch else 0):
-                    yield epoch, 0, j, batch
-                epoch += 1
+            yield from epochs_source.slot_batches(0)
             return
         # collate_fn=_as_is keeps the numpy arrays: pickled through the worker pipe they cost far less than
         # torch's default of one shared-memory file per tensor.
-        loader = torch.utils.data.DataLoader(_RankEpochs(self, first_epoch, starts, epochs), batch_size=None,
+        loader = torch.utils.data.DataLoader(epochs_source, batch_size=None,
                                              collate_fn=_as_is, num_workers=self.num_workers, prefetch_factor=4,
                                              worker_init_fn=functools.partial(_init_worker, os.getpid()),
                                              # workers must be children of this process (fork, as Linux has
@@ -375,47 +396,82 @@ class PretrainStream:
             _stop_workers(batches)
 
     # -- state ------------------------------------------------------------------------------------------------
-    def _spec_dict(self) -> dict:
-        return dataclasses.asdict(self.spec)
+    def _settings(self) -> dict:
+        """The plan settings a state must share (everything but the layout)."""
+        return {k: v for k, v in dataclasses.asdict(self.spec).items() if k not in LAYOUT}
 
     def state_dict(self) -> dict:
-        """JSON-serialisable state: the epoch and batches yielded in it, plus what decides the plan (checked on
-        load), and, for reading, how far this rank is through each stream. Every rank's state has the same
-        epoch and batch counter, so rank 0's state may be loaded on every rank."""
+        """JSON-serialisable state: the position -- `epoch` and its layout `segments` [[world_size, num_workers,
+        batches yielded per rank], ...], earlier first, the last one this stream's layout -- plus what decides
+        the plan (checked on load) and, for reading, the samples read so far this epoch per stream over all
+        ranks. Nothing in it is rank-specific: wherever every rank has yielded the same number of batches (an
+        optimizer-step boundary) every rank's state is the same, and it may be loaded on any rank of any
+        layout."""
         plan = self.plan()
-        order = plan.rank_order(self.rank)[:self._done]
-        names = sorted(self.index["streams"])
-        read = {name: 0 for name in names}
-        for w, j in order:
-            sp = plan.slots[self.rank * self.num_workers + w]
-            for s in sp.stream[sp.batches[j]]:
-                read[names[s]] += 1
+        left = dict(zip(sorted(plan.reads), plan.reads_left(self._done).tolist()))
         return {"format": STATE_FORMAT, "version": STATE_VERSION, "split": self.split, "epoch": self._epoch,
-                "batches_done": self._done, "batches_per_epoch": plan.batches_per_rank(),
-                "index_sha256": self.index_sha256, "plan": self._spec_dict(),
-                "rng": "counter-based: every draw is seeded by (seed, purpose, epoch, slot, counter); "
+                "segments": [list(seg) for seg in self._segments] + [[self.world_size, self.num_workers,
+                                                                     self._done]],
+                "batches_done": self.batches_done, "batches_per_epoch": self.batches_per_epoch(),
+                "index_sha256": self.index_sha256, "plan": self._settings(),
+                "rng": "counter-based: every draw is seeded by (seed, [segment,] purpose, epoch, slot, counter); "
                        "nothing else to restore",
-                "rank": self.rank, "stream_reads_done": read,
+                "stream_reads_done": {name: n - left[name] for name, n in plan.reads.items()},
                 "stream_reads_in_epoch": plan.reads}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from `state` (from `state_dict`, possibly of another rank); the next batch is the one an
-        uninterrupted run would yield (call it before iterating; a running iterator keeps its own position). DataError if the state was made with another shard set or settings."""
-        if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
-            raise DataError(f"loader state: expected format {STATE_FORMAT!r} version {STATE_VERSION}, got "
-                            f"{state.get('format')!r} version {state.get('version')!r}")
+        """Continue from `state` (`state_dict` of any rank, on this layout or another; call it before iterating,
+        a running iterator keeps its own position).
+
+        On the layout of the state's last segment the next batch is the one an uninterrupted run would yield.
+        On another world size or number of workers the rest of the epoch is re-planned on this one
+        (`swcm.data.plan`): every read of the epoch's plan that no rank has yielded is read exactly once, none
+        that was yielded again; later epochs are planned on this layout. DataError if the state was made with
+        another shard set or other plan settings (naming them), or its position is not one of the epoch's."""
+        version = state.get("version")
+        if state.get("format") != STATE_FORMAT or version not in (1, STATE_VERSION):
+            raise DataError(f"loader state: expected format {STATE_FORMAT!r} version 1 or {STATE_VERSION}, got "
+                            f"{state.get('format')!r} version {version!r}")
         if state["index_sha256"] != self.index_sha256:
             raise DataError(f"loader state: made with another shard set (index sha256 {state['index_sha256'][:16]}"
                             f", {self.shard_dir / INDEX_NAME} has {self.index_sha256[:16]})")
-        mine = self._spec_dict()
-        diffs = [f"{k}: state {state['plan'].get(k)!r}, now {v!r}" for k, v in mine.items()
+        diffs = [f"{k}: state {state['plan'].get(k)!r}, now {v!r}" for k, v in self._settings().items()
                  if state["plan"].get(k) != v]
         if diffs:
             raise DataError("loader state: the plan settings changed, resume would not be exact (" +
                             "; ".join(diffs) + ")")
-        self._epoch, self._done = int(state["epoch"]), int(state["batches_done"])
-        if self._done >= self.batches_per_epoch():
-            self._epoch, self._done = self._epoch + 1, 0
+        if version == 1:   # from before elastic resume: one segment, its layout among the plan settings
+            segments = [[state["plan"]["world_size"], state["plan"]["num_workers"], state["batches_done"]]]
+        else:
+            segments = state["segments"]
+        if not (isinstance(segments, list) and segments and all(
+                isinstance(seg, list) and len(seg) == 3 and all(type(x) is int for x in seg)
+                and seg[0] >= 1 and seg[1] >= 1 and seg[2] >= 0 for seg in segments)):
+            raise DataError(f"loader state: segments {segments!r}: expected [[world_size >= 1, num_workers >= 1, "
+                            "batches >= 0], ...]")
+        epoch = int(state["epoch"])
+        earlier, done = _continue_on([tuple(seg) for seg in segments], (self.world_size, self.num_workers))
+        try:
+            total = self._plan_at(epoch, earlier).batches_per_rank()
+        except ValueError as e:
+            raise DataError(f"loader state: {e}") from None
+        if done > total:
+            raise DataError(f"loader state: {done} batches done of epoch {epoch}, which has {total} on "
+                            f"{self.world_size} ranks x {self.num_workers} workers")
+        self._epoch, self._segments, self._done = (epoch + 1, (), 0) if done == total else (epoch, earlier, done)
+
+
+def _continue_on(segments: list[tuple[int, int, int]], layout: tuple[int, int]) -> tuple[tuple, int]:
+    """A state's segments continued on `layout` = (world_size, num_workers): (the earlier segments, batches
+    already yielded on `layout`). The last segment continues if it has this layout, else a new one starts. A
+    last segment with no batch yielded is dropped first (nothing was read on it), so that a state saved before
+    a layout's first batch continues the segment before it as exactly as if that layout had never run."""
+    *earlier, (world, workers, done) = segments
+    if done == 0 and earlier:
+        *earlier, (world, workers, done) = earlier
+    if (world, workers) == layout:
+        return tuple(earlier), done
+    return tuple(earlier) + (((world, workers, done),) if done else ()), 0
 
 
 def save_state(stream: PretrainStream, path: str | Path) -> None:
