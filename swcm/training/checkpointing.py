@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
+                                            UNIVERSAL_CHECKPOINT_VERSION_VALUE)
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,10 @@ def save(engine, root: Path, step: int, *, loader_state: dict, run_state: dict, 
         if ckpt.exists():  # an interrupted earlier save of this very step
             shutil.rmtree(ckpt)
     dist.barrier()
-    engine.save_checkpoint(str(root), tag=tag, client_state={"swcm": run_state}, save_latest=False)
+    # universal_checkpoint_info: what DeepSpeed's ds_to_universal needs from the saving side (no tensor or pipeline
+    # parallelism here, so only the format version).
+    engine.save_checkpoint(str(root), tag=tag, save_latest=False, client_state={
+        "swcm": run_state, UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}})
     ckpt.mkdir(parents=True, exist_ok=True)
     per_rank = {"rank": rank, "world_size": world, "step": step, "loader": loader_state, "rng": _rng_state()}
     write_atomic(ckpt / f"swcm_rank{rank}.json", json.dumps(per_rank))

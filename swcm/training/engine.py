@@ -29,12 +29,14 @@ def init_process_group(gloo_piece_mb: float) -> tuple[int, int]:
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases and LayerNorm weights (BERT/XLM-R practice)."""
+    """AdamW groups: no weight decay on biases and LayerNorm weights (BERT/XLM-R practice). A parameter's shape is
+    its full shape also when ZeRO-3 has already partitioned it (`ds_shape`; the local tensor is then 1-D)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+        ndim = len(getattr(p, "ds_shape", p.shape))
+        (no_decay if ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
