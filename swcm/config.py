@@ -48,6 +48,7 @@ class TrainConfig(Checked):
     dev_batches: int = bounded(8, ge=1)
     max_nonfinite_in_a_row: int = bounded(5, ge=1)   # a run whose loss stays NaN/inf this many steps stops
     gloo_piece_mb: float = bounded(32.0, ge=0)  # gloo (CPU ranks): collectives above this size run in pieces; 0 = off
+    sample_log: bool = False            # each rank writes the sample ids of every step to RUN/samples/rank{R}.jsonl
 
 
 @dataclass

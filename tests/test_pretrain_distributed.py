@@ -102,14 +102,14 @@ def assets(tmp_path_factory, tiny_xlmr_dir):
 
 
 def _launch(assets, out, stage="zero0", *, resume=False, extra=(), node_rank=None, port=None, env=None,
-            launcher=(DS,)):
+            launcher=(DS,), ranks=2, config=None):
     cmd = [*launcher]
     if node_rank is None:
-        cmd += ["--num_gpus", "2", "--master_port", str(port or _free_port())]
+        cmd += ["--num_gpus", str(ranks), "--master_port", str(port or _free_port())]
     else:
         cmd += ["--hostfile", ROOT / "launch" / "hostfile.example", "--no_ssh", "--node_rank", str(node_rank),
                 "--master_addr", "127.0.0.1", "--master_port", str(port)]
-    cmd += ["launch/pretrain.py", "--config", assets / "run.json", "--deepspeed_config",
+    cmd += ["launch/pretrain.py", "--config", config or assets / "run.json", "--deepspeed_config",
             ROOT / "ds_configs" / f"{stage}.json", "--out", out, *extra]
     if resume:
         cmd.append("--resume")
@@ -405,3 +405,140 @@ def test_preemption_signals_save_exit_zero_and_resume_exactly(assets, reference_
     assert sorted(got) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
         assert got[step] == pytest.approx(ref[step], abs=1e-6), step
+
+
+# -- elastic resume: another world size or ZeRO stage -------------------------------------------------------------
+
+SWCM_LAUNCH = (PY, "-m", "swcm.launcher")
+ELASTIC_STEPS = 8
+
+
+@pytest.fixture(scope="session")
+def elastic(assets):
+    """A dropout-free copy of the model (dropout masks are drawn per rank, so they cannot follow a change of world
+    size), steps of 6 micro-batches of 2 samples (1, 2, 3 and 6 ranks can share them), a checkpoint every step, the
+    sample log on, and the uninterrupted ZeRO-2 run at 2 ranks."""
+    root = assets / "elastic"
+    shutil.copytree(assets / "swcm", root / "swcm")
+    model = json.loads((root / "swcm" / "config.json").read_text())
+    model.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (root / "swcm" / "config.json").write_text(json.dumps(model))
+    run = json.loads((assets / "run.json").read_text())
+    run["model"]["path"] = str(root / "swcm")
+    run["train"].update(max_steps=ELASTIC_STEPS, micro_batch_size=2, global_batch_size=12, save_every=1,
+                        keep_last=ELASTIC_STEPS, dev_every=0, log_every=1, sample_log=True)
+    (root / "run.json").write_text(json.dumps(run))
+    ref = root / "ref"
+    proc = _launch(assets, ref, "zero2", config=root / "run.json")
+    assert _wait(proc) == 0, _log(ref)
+    return root, ref
+
+
+def _universal_state(run, step, out):
+    """{(param, key): tensor} of a run's checkpoint, through a universal conversion (fp32 weights, Adam moments)."""
+    import torch
+
+    _run([PY, "launch/convert_checkpoint.py", "universal", "--run", run, "--step", str(step), "--out", out])
+    zero = out / f"step_{step:08d}" / "zero"
+    # ZeRO-3 sources store each tensor flat; a tied alias (lm_head.weight) has its weights only, and not always.
+    return {(d.name, key): torch.load(d / f"{key}.pt", weights_only=True)["param"].flatten()
+            for d in zero.iterdir() if d.is_dir() and d.name != "lm_head.weight"
+            for key in ("fp32", "exp_avg", "exp_avg_sq") if (d / f"{key}.pt").exists()}
+
+
+def _step_samples(out) -> dict[int, list[str]]:
+    steps: dict[int, list[str]] = {}
+    for path in (Path(out) / "samples").glob("rank*.jsonl"):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            steps.setdefault(row["step"], []).extend(row["ids"])
+    return {s: sorted(ids) for s, ids in steps.items()}
+
+
+@pytest.mark.parametrize("stage,ranks", [("zero1", 1), ("zero3", 1), ("zero1", 2), ("zero3", 2)])
+def test_universal_checkpoint_resumes_at_another_world_size_and_stage(assets, elastic, stage, ranks):
+    """A ZeRO-2 run at 2 ranks, converted at step 4 with `convert_checkpoint.py universal`, resumed under another
+    stage at 1 or 2 ranks: the next losses equal the uninterrupted run's (1e-5 relative, fp32), and the weights and
+    Adam moments after the resume step match (1e-6)."""
+    root, ref = elastic
+    universal = root / "universal4"
+    if not universal.exists():
+        _run([PY, "launch/convert_checkpoint.py", "universal", "--run", ref, "--step", "4", "--out", universal])
+    out = root / f"from4_{stage}_{ranks}"
+    proc = _launch(assets, out, stage, ranks=ranks, launcher=SWCM_LAUNCH, config=root / "run.json",
+                   extra=("--resume-from", universal))
+    assert _wait(proc) == 0, _log(out)
+    want, got = losses(ref), losses(out)
+    assert sorted(got) == list(range(5, ELASTIC_STEPS + 1))
+    for step in got:
+        assert got[step] == pytest.approx(want[step], rel=1e-5), step
+    theirs, ours = _universal_state(ref, 5, root / f"ref5_{stage}_{ranks}"), _universal_state(out, 5, out / "u5")
+    assert theirs.keys() == ours.keys()
+    worst = max((ours[k] - theirs[k]).abs().max().item() for k in theirs)
+    assert worst < 1e-6, worst
+
+
+def test_world_size_2_then_1_then_3_keeps_every_step(assets, elastic):
+    """Stopped by SIGTERM at 2 ranks (ZeRO-2), resumed with --resume at 1 rank (ZeRO-1), stopped again, resumed at
+    3 ranks (ZeRO-3): every step trains on exactly the samples of the uninterrupted run (so none lost or read twice)
+    with the same loss, and the step count, lr schedule and TensorBoard steps continue."""
+    root, ref = elastic
+    out = root / "chain"
+    layouts = [(2, "zero2", 2), (1, "zero1", 4), (3, "zero3", None)]
+    for n, (ranks, stage, stop_after) in enumerate(layouts):
+        proc = _launch(assets, out, stage, resume=n > 0, ranks=ranks, launcher=SWCM_LAUNCH, config=root / "run.json")
+        if stop_after is not None:
+            _wait_for_step(out, stop_after, proc)
+            os.killpg(proc.pid, signal.SIGTERM)
+        assert _wait(proc) == 0, _log(out, resume=n > 0)
+    want, got = losses(ref), losses(out)
+    assert sorted(got) == list(range(1, ELASTIC_STEPS + 1))
+    for step in got:
+        assert got[step] == pytest.approx(want[step], rel=1e-5), step
+    assert _step_samples(out) == _step_samples(ref)
+    lrs = {json.loads(x)["step"]: json.loads(x)["lr"] for x in (out / "metrics.jsonl").read_text().splitlines()}
+    assert lrs == {json.loads(x)["step"]: json.loads(x)["lr"] for x in (ref / "metrics.jsonl").read_text().splitlines()}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, ELASTIC_STEPS + 1))
+    assert list((out / "universal").iterdir()), "the checkpoints of other layouts were converted on the way"
+
+
+@pytest.mark.parametrize("case", ["not_a_checkpoint", "other_model", "other_tokenizer", "zero0", "uneven_world"])
+def test_unusable_resume_sources_fail_before_the_process_group(assets, elastic, tmp_path, case):
+    root, ref = elastic
+    universal = root / "universal4"
+    if not universal.exists():
+        _run([PY, "launch/convert_checkpoint.py", "universal", "--run", ref, "--step", "4", "--out", universal])
+    source, stage, env, extra = universal, "zero1", {}, []
+    if case == "not_a_checkpoint":
+        source, expect = tmp_path, "neither a universal checkpoint"
+    elif case in ("other_model", "other_tokenizer"):
+        source = tmp_path / "u"
+        shutil.copytree(universal, source, symlinks=True)
+        if case == "other_model":
+            cfg = json.loads((source / "model" / "config.json").read_text())
+            cfg["normal_layer_every"] = 1
+            (source / "model" / "config.json").write_text(json.dumps(cfg))
+            expect = "the checkpoint is of another model (normal_layer_every"
+        else:
+            from swcm.assets import build_demo_tokenizer
+
+            build_demo_tokenizer(tmp_path / "tok", vocab_size=2500)
+            for f in (tmp_path / "tok").iterdir():
+                shutil.copy(f, source / "model" / f.name)
+            expect = "trained with another tokenizer"
+    elif case == "zero0":
+        stage, expect = "zero0", "only into ZeRO stages 1-3"
+    else:   # the run config leaves the global batch to the checkpoint, whose 6 micro-batches 4 ranks cannot share
+        env, expect = {"WORLD_SIZE": "4", "RANK": "0"}, "4 ranks cannot share evenly"
+        extra = ["--set", "train.global_batch_size=0"]
+    res = subprocess.run([PY, "launch/pretrain.py", "--config", str(root / "run.json"), "--deepspeed_config",
+                          str(ROOT / "ds_configs" / f"{stage}.json"), "--out", str(tmp_path / "run"), "--resume-from",
+                          str(source), *extra], cwd=ROOT, env={**_env(), **env}, capture_output=True, text=True,
+                         timeout=120)
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode == 2 and len(errors) == 1 and expect in errors[0], res.stderr[-3000:]
+    assert "Traceback" not in res.stderr and not (tmp_path / "run").exists()

@@ -172,3 +172,23 @@ def load_latest(engine, root: Path) -> tuple[int, dict, dict, dict] | None:
         log.info("resumed from %s (step %d)", ckpt, step)
         return step, client["swcm"], per_rank["loader"], per_rank["rng"]
     return None
+
+
+def load_universal(engine, root: Path, tag: str) -> tuple[int, dict]:
+    """Load the universal checkpoint `root/tag` into `engine` (collective; the engine was configured with
+    `checkpoint.load_universal`): weights, optimizer moments, lr schedule and step. Returns (step, run state)."""
+    weight_decay = [group.get("weight_decay") for group in engine.optimizer.param_groups]
+    _, client = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
+    if client is None:
+        raise RuntimeError(f"{root / tag}: DeepSpeed could not load this universal checkpoint")
+    # DeepSpeed's ZeRO-3 universal loader gives every parameter group the hyperparameters of the first one, and one
+    # shared `step` tensor, which the optimizer then advances once per group and step (so the bias correction of all
+    # but the first group runs ahead). Keep each group's own weight decay and give each state its own step.
+    for group, decay in zip(engine.optimizer.param_groups, weight_decay):
+        group["weight_decay"] = decay
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for state in inner.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
+    log.info("resumed from universal checkpoint %s (step %d)", root / tag, client["swcm"]["step"])
+    return client["swcm"]["step"], client["swcm"]

@@ -73,7 +73,17 @@ def load_ds_config(path: str | Path, world_size: int, bf16_supported: bool, *, m
     stage = cfg.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2, 3):
         raise ConfigError(f"{path}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
+    # All three batch fields resolved, so that the run's saved config says what a step was.
+    micro = micro if micro is not None else total // (gas * world_size)
+    cfg.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=gas,
+               train_batch_size=micro * gas * world_size)
     return cfg
+
+
+def global_batch_size(cfg: dict, world_size: int) -> int:
+    """Samples per optimizer step over all ranks implied by a checked DeepSpeed config."""
+    return cfg.get("train_batch_size") or (micro_batch_size(cfg, world_size) * cfg.get("gradient_accumulation_steps", 1)
+                                           * world_size)
 
 
 def micro_batch_size(cfg: dict, world_size: int) -> int:

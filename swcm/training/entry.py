@@ -18,7 +18,11 @@ def parse_args(doc: str, config_help: str, argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True,
                    help="run directory: checkpoints/, tensorboard/, metrics.jsonl, config.json, model/")
     p.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest intact checkpoint in --out (also at another world size or stage)")
+    p.add_argument("--resume-from", default=None, metavar="DIR",
+                   help="start from a universal checkpoint (convert_checkpoint.py universal) or another run's newest "
+                        "checkpoint, at any world size and ZeRO stage 1-3")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.lr=2e-4 (repeatable)")
     p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # passed by the launcher
@@ -41,7 +45,8 @@ def run(doc: str, config_help: str, config_cls, make_task, argv=None) -> int:
     try:
         overrides = args.overrides + ([f"train.max_steps={args.max_steps}"] if args.max_steps is not None else [])
         cfg = load_config(args.config, overrides, cls=config_cls)
-        trainer = Trainer(cfg, args.deepspeed_config, args.out, task=make_task(cfg, args.out), resume=args.resume)
+        trainer = Trainer(cfg, args.deepspeed_config, args.out, task=make_task(cfg, args.out), resume=args.resume,
+                          resume_from=args.resume_from)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

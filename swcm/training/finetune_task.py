@@ -32,6 +32,9 @@ class FinetuneTask(Seq2SeqTask):
     def model_path(self) -> Path:
         return Path(self.cfg.model.path) if self.cfg.model.path else self.out / "init_model"
 
+    def config_dir(self) -> Path:
+        return self._source_model_dir()
+
     def _source_model_dir(self) -> Path:
         """The directory holding the starting model's config and tokenizer."""
         m = self.cfg.model

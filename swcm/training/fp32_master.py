@@ -7,7 +7,7 @@ import torch.distributed as dist
 # What share_fp32_master reads, per ZeRO optimizer class of DeepSpeed 0.19: (master partitions, model partitions).
 _EXPECTED = {"DeepSpeedZeroOptimizer_Stage3": ("fp32_partitioned_groups_flat", "fp16_partitioned_groups_flat"),
              "DeepSpeedZeroOptimizer": ("single_partition_of_fp32_groups", "parallel_partitioned_bit16_groups",
-                                        "real_dp_process_group")}
+                                        "real_dp_process_group", "_link_all_hp_params")}
 
 
 def _check_form(optimizer) -> str | None:
@@ -54,4 +54,8 @@ def share_fp32_master(optimizer) -> int:
             continue
         master.data = partition.data
         freed += master.numel() * master.element_size()
+    if freed and kind == "DeepSpeedZeroOptimizer":
+        # Each parameter's view into the fp32 master (its `_hp_mapping`, through which DeepSpeed loads universal
+        # checkpoints and serves safe_get_full_fp32_param) still points into the freed copy: point it at the new one.
+        optimizer._link_all_hp_params()
     return freed

@@ -46,3 +46,21 @@ class RunLog:
     def close(self) -> None:
         self.bar.close()
         self.writer.close()
+
+
+class SampleLog:
+    """`RUN/samples/rank{R}.jsonl`: per step, the ids of the samples this rank trained on (fillers left out), for
+    auditing what the data pipeline fed. A resumed run first drops the lines after its checkpoint."""
+
+    def __init__(self, out: Path, rank: int, step: int):
+        self.path = out / "samples" / f"rank{rank}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if self.path.exists():
+            kept = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["step"] <= step]
+        write_atomic(self.path, "".join(ln + "\n" for ln in kept))
+
+    def add(self, step: int, batches: list[dict]) -> None:
+        ids = [i for b in batches if not b.get("is_padding") for i in b["sample_id"]]
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, "ids": ids}) + "\n")

@@ -22,6 +22,10 @@ class Task:
         """The HF directory the model is loaded from (valid after `prepare`)."""
         raise NotImplementedError
 
+    def config_dir(self) -> Path:
+        """A directory with the starting model's config.json and tokenizer, valid before `prepare`."""
+        return self.model_path()
+
     def build_data(self, tokenizer, rank: int, world: int, micro_batch: int):
         """(train stream, dev stream or None) for this rank, micro-batches of at most `micro_batch` samples."""
         raise NotImplementedError

@@ -33,11 +33,13 @@ from swcm.config import ConfigError, RunConfig
 from swcm.modeling_swcm import resolve_attn_implementation
 from swcm.seq2seq_layout import scored
 from swcm.training import checkpointing, nonfinite
+from swcm.training import resume as resume_module
 from swcm.training.ds_config import load_ds_config, micro_batch_size
 from swcm.training.engine import build_engine, init_process_group
 from swcm.training.metrics import LossTracker, device_peak_flops, memory_gb
-from swcm.training.run_log import RunLog
+from swcm.training.run_log import RunLog, SampleLog
 from swcm.training.shm import release_shm_buffers
+from swcm.training.step_batches import StepBatches, data_layout
 from swcm.training.stop import StopRequest
 
 log = logging.getLogger("swcm.train")
@@ -84,19 +86,49 @@ def _check_out_dir(out: Path) -> None:
 class Trainer:
     """Construct (checks only), then `train()`; returns the process exit code."""
 
-    def __init__(self, cfg: RunConfig, ds_config_path: str, out_dir: str, *, task, resume: bool = False):
+    def __init__(self, cfg: RunConfig, ds_config_path: str, out_dir: str, *, task, resume: bool = False,
+                 resume_from: str | None = None):
         self.cfg, self.out, self.task, self.resume = cfg, Path(out_dir), task, resume
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        accel_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        self.ds_config = load_ds_config(ds_config_path, self.world, accel_bf16,
-                                        micro_batch=cfg.train.micro_batch_size,
-                                        global_batch=cfg.train.global_batch_size)
+        self.ds_config_path = ds_config_path
+        self.ds_config = self._ds_config(cfg.train.micro_batch_size, cfg.train.global_batch_size)
         _check_out_dir(self.out)
         self.tokenizer = task.check()
-        if checkpointing.complete_checkpoints(self.out / "checkpoints") and not resume:
+        if checkpointing.complete_checkpoints(self.out / "checkpoints") and not (resume or resume_from):
             raise ConfigError(f"{self.out}: holds checkpoints already; pass --resume to continue it, or choose "
                               "another --out")
+        self.source = resume_module.find(self.out, resume, resume_from, self.world,
+                                         self.ds_config.get("zero_optimization", {}).get("stage", 0))
+        self.data_layout = None   # (data ranks, micro-batches a step); None: this run's first layout
+        if self.source is not None:
+            resume_module.check_compatible(self.source, task.config_dir(), self.tokenizer)
+            self._fit_to_source()
+
+    def _ds_config(self, micro_batch: int, global_batch: int) -> dict:
+        accel_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return load_ds_config(self.ds_config_path, self.world, accel_bf16, micro_batch=micro_batch,
+                              global_batch=global_batch)
+
+    def _fit_to_source(self) -> None:
+        """Keep the checkpoint's micro-batch size, global batch and data layout at this world size (the gradient
+        accumulation follows), and let DeepSpeed load a checkpoint of another layout as a universal one."""
+        src, train = self.source, self.cfg.train
+        if train.micro_batch_size not in (0, src.micro_batch):
+            raise ConfigError(f"train.micro_batch_size {train.micro_batch_size}: the checkpoint's data was batched "
+                              f"with {src.micro_batch} samples per micro-batch; keep that")
+        if train.global_batch_size not in (0, src.train_batch_size):
+            raise ConfigError(f"train.global_batch_size {train.global_batch_size}: the checkpoint's steps hold "
+                              f"{src.train_batch_size} samples; keep that (or leave it 0)")
+        steps = src.train_batch_size // src.micro_batch   # micro-batches a step, over all ranks
+        if steps % self.world:
+            raise ConfigError(f"--resume at {self.world} ranks: the checkpoint's steps are {steps} micro-batches of "
+                              f"{src.micro_batch} samples, which {self.world} ranks cannot share evenly; use a "
+                              f"number of ranks that divides {steps}")
+        self.ds_config = self._ds_config(src.micro_batch, src.train_batch_size)
+        self.data_layout = data_layout(src.loader, source_world=src.world, source_gas=steps // src.world)
+        if src.universal is not None:
+            self.ds_config.setdefault("checkpoint", {})["load_universal"] = True
 
     # ------------------------------------------------------------------------------------------------ build
     def build(self) -> None:
@@ -112,8 +144,12 @@ class Trainer:
         self.attention = resolve_attn_implementation(self.cfg.model.attn_implementation, self.device)
         self.stage = self.engine.zero_optimization_stage()
         self.gas = self.engine.gradient_accumulation_steps()
-        self.train_data, self.dev_data = self.task.build_data(
-            self.tokenizer, self.rank, self.world, micro_batch_size(self.ds_config, self.world))
+        micro = micro_batch_size(self.ds_config, self.world)
+        data_world, data_gas = self.data_layout or (self.world, self.gas)
+        self.train_data = StepBatches(lambda v: self.task.build_data(self.tokenizer, v, data_world, micro)[0],
+                                      data_world=data_world, data_gas=data_gas, world=self.world, gas=self.gas,
+                                      rank=self.rank)
+        self.dev_data = self.task.build_data(self.tokenizer, self.rank, self.world, micro)[1]
         self.tracker = LossTracker(self.task.loss_keys(self.model_config), self.device)
         self.throughput = Throughput(lambda batch: self.task.flops(self.model_config, batch))
         self.peak_flops = device_peak_flops(self.device)
@@ -187,6 +223,7 @@ class Trainer:
         self.build()
         step, rng_state = self.restore()
         self.run_log = self._start_run_files(step)
+        self.sample_log = SampleLog(self.out, self.rank, step) if self.cfg.train.sample_log else None
         stop = StopRequest(self.rank)
         batches = iter(self.train_data)
         try:
@@ -213,6 +250,8 @@ class Trainer:
                 seeded = True
             result = self.train_step(step_batches)
             step += 1
+            if self.sample_log is not None:
+                self.sample_log.add(step, step_batches)
             skipped_in_a_row = 0 if result.applied else skipped_in_a_row + 1
             self.log_step(step, result, skipped_in_a_row)
             if skipped_in_a_row >= train.max_nonfinite_in_a_row:
@@ -232,12 +271,13 @@ class Trainer:
         return step, 0
 
     def _seed_dropout(self, rng_state) -> None:
-        """Dropout's RNG: the checkpoint's on resume, else seeded per rank, so every stage and every resume sees the
-        same masks."""
+        """Dropout's RNG: the checkpoint's on resume, so every stage and every resume sees the same masks; else
+        seeded per rank and step (a fresh run, or a resume at another layout, whose ranks' RNG states do not map onto
+        the old ones)."""
         if rng_state is not None:
             checkpointing.set_rng_state(rng_state)
         else:
-            torch.manual_seed(self.cfg.train.seed + self.rank)  # dropout differs per rank, reproducibly
+            torch.manual_seed(self.cfg.train.seed + self.rank + 1_000_003 * getattr(self, "resumed_step", 0))
 
     def _fail(self, message: str, code: int) -> int:
         if self.rank == 0:
@@ -246,18 +286,17 @@ class Trainer:
         return code
 
     def restore(self) -> tuple[int, dict | None]:
-        """With --resume, load the newest complete checkpoint (engine, loader position); returns (step, RNG state
-        to restore before the first step, or None)."""
-        if not self.resume:
-            return 0, None
-        loaded = checkpointing.load_latest(self.engine, self.out / "checkpoints")
+        """Load the resume source, if any (engine, loader position, task state); returns (step, this rank's RNG
+        state to restore before the first step, or None)."""
+        loaded = resume_module.load(self.engine, self.source, self.rank) if self.source is not None else None
         if loaded is None:
-            if self.rank == 0:
+            if (self.resume or self.source is not None) and self.rank == 0:
                 log.warning("--resume: no complete checkpoint in %s, starting from step 0", self.out / "checkpoints")
             return 0, None
         step, run_state, loader_state, rng_state = loaded
         self.train_data.load_state_dict(loader_state)
         self.task.load_state_dict(run_state.get("task", {}))
+        self.resumed_step = step
         return step, rng_state
 
     def _start_run_files(self, step: int) -> RunLog | None:
