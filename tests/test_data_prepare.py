@@ -3,6 +3,7 @@ shards, and what happens to bad input (counted skips vs errors)."""
 
 import difflib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from swcm.data.shards import DataError, load_index, load_lengths, read_shard, sh
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
 NTREX = DEMO / "parallel" / "ntrex128"
-SHARED = Path("/work/shared/data")
+SHARED = Path(os.environ.get("SWCM_FULL_CORPUS", "/nonexistent"))   # the corpus data/demo was cut from
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +166,7 @@ def test_roundtrip_recovers_the_text_of_every_language(demo_shards, tokenizer):
         assert st["recovered_of_representable"] >= 0.99, (lang, st)
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="/work/shared/data not available")
+@pytest.mark.skipif(not SHARED.is_dir(), reason="SWCM_FULL_CORPUS does not point at the full corpus")
 def test_roundtrip_on_the_shared_corpus(tokenizer, tmp_path):
     """The same on the full-size corpus files, capped at their first 3,000 lines each to bound the run time."""
     cap = 3000

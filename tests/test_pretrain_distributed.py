@@ -211,6 +211,22 @@ def test_zero_stages_give_the_same_losses_and_weights(reference_runs):
         assert worst < 1e-4, (stage, worst)  # fp32 Adam after 24 steps: reduction order only
 
 
+def test_deepspeeds_own_zero_to_fp32_works_on_a_run_without_a_tag(reference_runs, tmp_path):
+    """`checkpoints/latest` names the newest complete checkpoint, so DeepSpeed's script needs no --tag."""
+    import torch
+
+    from swcm.convert.to_hf import consolidated_state_dict
+
+    ckpts = reference_runs["zero3"] / "checkpoints"
+    res = subprocess.run([PY, str(ckpts / "zero_to_fp32.py"), str(ckpts), str(tmp_path / "fp32")], cwd=tmp_path,
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    theirs = torch.load(tmp_path / "fp32" / "pytorch_model.bin", weights_only=True)
+    ours = consolidated_state_dict(reference_runs["zero3"])
+    assert theirs.keys() >= ours.keys() - {"lm_head.weight"}
+    assert all(torch.equal(theirs[k], ours[k]) for k in theirs if k in ours)
+
+
 def test_dropout_is_on_from_the_first_step(assets, reference_runs):
     """Same weights and data, another dropout seed: step 1's loss differs only if the model is in train mode
     (from_pretrained hands it over in eval mode)."""
@@ -506,8 +522,9 @@ def test_world_size_2_then_1_then_3_keeps_every_step(assets, elastic):
     assert list((out / "universal").iterdir()), "the checkpoints of other layouts were converted on the way"
 
 
-@pytest.mark.parametrize("case", ["not_a_checkpoint", "other_model", "other_tokenizer", "zero0", "uneven_world"])
-def test_unusable_resume_sources_fail_before_the_process_group(assets, elastic, tmp_path, case):
+@pytest.mark.parametrize("case", ["not_a_checkpoint", "other_model", "other_tokenizer", "zero0", "zero0_source",
+                                  "uneven_world"])
+def test_unusable_resume_sources_fail_before_the_process_group(assets, elastic, reference_runs, tmp_path, case):
     root, ref = elastic
     universal = root / "universal4"
     if not universal.exists():
@@ -532,6 +549,8 @@ def test_unusable_resume_sources_fail_before_the_process_group(assets, elastic, 
             expect = "trained with another tokenizer"
     elif case == "zero0":
         stage, expect = "zero0", "only into ZeRO stages 1-3"
+    elif case == "zero0_source":
+        source, expect = reference_runs["zero0"], "a ZeRO-0 checkpoint (at 2 ranks) has no ZeRO optimizer partitions"
     else:   # the run config leaves the global batch to the checkpoint, whose 6 micro-batches 4 ranks cannot share
         env, expect = {"WORLD_SIZE": "4", "RANK": "0"}, "4 ranks cannot share evenly"
         extra = ["--set", "train.global_batch_size=0"]

@@ -74,6 +74,9 @@ def _from_run(run: Path, world: int, stage: int, out: Path) -> Source:
                     train_batch_size=global_batch_size(ds, world), micro_batch=micro_batch_size(ds, world))
     if (source.world, source.stage) == (world, stage):
         source.checkpoints = run / "checkpoints"
+    elif src_stage == 0:
+        raise ConfigError(f"{ckpt}: a ZeRO-0 checkpoint (at {source.world} ranks) has no ZeRO optimizer partitions to "
+                          "convert, so it resumes only at the same world size and stage")
     else:
         source.universal, source.tag, source.convert_run = out / "universal" / ckpt.name, ckpt.name, run
     return source

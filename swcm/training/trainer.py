@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,12 +76,15 @@ class Throughput:
 
 
 def _check_out_dir(out: Path) -> None:
-    """ConfigError unless `out` is, or can be created as, a writable directory."""
+    """ConfigError unless `out` is, or can be created as, a writable directory: probed by creating and removing a
+    file in it or its nearest existing parent (permission bits say nothing for root; a read-only filesystem does)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: is a file, expected a run directory")
     existing = next(p for p in (out, *out.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {out}: {existing} is not writable")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write in {existing} ({e.strerror})") from None
 
 
 class Trainer:
@@ -104,6 +108,8 @@ class Trainer:
         if self.source is not None:
             resume_module.check_compatible(self.source, task.config_dir(), self.tokenizer)
             self._fit_to_source()
+        elif resume and self.rank == 0:
+            log.warning("--resume: no complete checkpoint in %s; starting from step 0", self.out / "checkpoints")
 
     def _ds_config(self, micro_batch: int, global_batch: int) -> dict:
         accel_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -290,8 +296,6 @@ class Trainer:
         state to restore before the first step, or None)."""
         loaded = resume_module.load(self.engine, self.source, self.rank) if self.source is not None else None
         if loaded is None:
-            if (self.resume or self.source is not None) and self.rank == 0:
-                log.warning("--resume: no complete checkpoint in %s, starting from step 0", self.out / "checkpoints")
             return 0, None
         step, run_state, loader_state, rng_state = loaded
         self.train_data.load_state_dict(loader_state)
