@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """`make gpu-check`: on one CUDA GPU, prove the Triton kernels correct and measure them, in four parts.
 
-  a. tests    `pytest -m gpu` on the kernel test files with compiled kernels (TRITON_INTERPRET=0: tests/conftest.py
-              would otherwise default it to 1); every selected test must pass, none may skip.
+  a. tests    `pytest -m gpu` on the kernel test files with compiled kernels (TRITON_INTERPRET unset or 0: with CUDA
+              tests/conftest.py leaves it unset); every selected test must pass, none may skip.
   b. attention flash_attention forward + backward against SDPA on its flash backend (`sdpa_kernel(FLASH_ATTENTION)`),
               bf16, D 64, H 12, B*T = 16,384 tokens, T in {256, 512, 1024, 2048}, bidirectional and causal: time,
               TFLOP/s (bench_attention.flop_count; causal halves it) and triton/sdpa ratio. Correct when the output

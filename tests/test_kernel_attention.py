@@ -1,33 +1,27 @@
 """kernels.attention vs its fp32 reference (flash-attention's 2x-of-same-precision-PyTorch rule).
 
-On CPU the kernels run in the Triton interpreter: TRITON_INTERPRET=1 must be set before triton is
-first imported, hence the setdefault before any other import. On a GPU machine run this file with
-TRITON_INTERPRET=0 to test the compiled kernels; the GPU-only cases are marked `gpu`
-(`pytest -m gpu`, which `make gpu-check` runs) and need that.
+On CPU the kernels run in the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1 without CUDA, before
+triton is first imported); on a CUDA machine they run compiled, and the GPU-only cases, marked `gpu`
+(`pytest -m gpu`, which `make gpu-check` runs), run too.
 
 Dropout is checked against the reference given the kernel's own keep mask (`dropout_mask`, the
 kernels' RNG code), so every element of the output and of each gradient is compared, not a statistic.
 """
 
-import os
+import pytest
+import torch
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from kernel_utils import COMPILE_SM90_PRELUDE, assert_within_2x_baseline, run_without_interpreter  # noqa: E402
-from kernels import attention as attn  # noqa: E402
-from kernels.attention import FlashAttentionFunction, attention_reference, dropout_mask, flash_attention  # noqa: E402
+from kernel_utils import COMPILE_SM90_PRELUDE, assert_within_2x_baseline, run_without_interpreter
+from kernels import attention as attn
+from kernels.attention import FlashAttentionFunction, attention_reference, dropout_mask, flash_attention
 
 COMPILED_GPU = torch.cuda.is_available() and not attn._INTERPRET_REQUESTED
 DEVICE = "cuda" if COMPILED_GPU else "cpu"
 if not COMPILED_GPU and not attn._INTERPRETED:  # a misconfigured run must fail, not skip every test
     raise RuntimeError("triton can launch neither compiled (no GPU) nor interpreted (triton was imported before "
                        "TRITON_INTERPRET=1 was set): export TRITON_INTERPRET=1 for the test run")
-# tests/conftest.py defaults TRITON_INTERPRET to 1, which keeps a GPU machine on the interpreter too.
 needs_compiled_gpu = pytest.mark.skipif(
-    not COMPILED_GPU, reason="needs a CUDA GPU with compiled kernels: run with TRITON_INTERPRET=0"
+    not COMPILED_GPU, reason="needs a CUDA GPU with compiled kernels (TRITON_INTERPRET=1 is set)"
     if torch.cuda.is_available() else "needs a CUDA GPU")
 
 B, H = 2, 2
