@@ -270,6 +270,7 @@ def inspect(shards, tokenizer, rank, world, workers, *extra):
     return [json.loads(line) for line in done.stdout.splitlines()]
 
 
+@pytest.mark.slow
 def test_inspect_data_world_2_1_3_workers_2_1_reads_every_sample_once(shards, tokenizer, stored, tmp_path):
     """The acceptance chain with inspect_data.py: 2 ranks x 2 workers for 15 batches, 1 x 1 for 20, then 3 x 1
     to the end of the epoch, each rank a process writing its state. The ranks of a layout write the same state

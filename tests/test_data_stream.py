@@ -194,6 +194,7 @@ def _inspect(shards, tokenizer, *extra, rank="1"):
     return [json.loads(line) for line in done.stdout.splitlines()]
 
 
+@pytest.mark.slow
 def test_resume_in_a_new_process_across_epoch_boundary(shards, tokenizer, tmp_path):
     cfg = cfg_for(shards, num_workers=2)
     n_epoch = PretrainStream(cfg, tokenizer, rank=1, world_size=2).batches_per_epoch()
@@ -380,6 +381,7 @@ def test_dev_split_is_one_fixed_epoch(shards, tokenizer, stored):
 
 
 
+@pytest.mark.slow
 def test_inspect_one_epoch_per_rank_through_pipe_urls_covers_the_set(shards, tokenizer, stored):
     """inspect_data.py --epochs 1 on each of 2 ranks, shards read through `pipe:cat` URLs: together exactly the
     shard set's samples, each once, and both ranks print the same number of batches."""

@@ -17,6 +17,8 @@ from swcm.tasks.jsonl import MRC_SEPARATOR, DataError, Example, read_examples, r
 from swcm.tasks.model_dir import load
 from swcm.tasks.scores import score_predictions
 
+pytestmark = pytest.mark.slow   # beam search over tiny models in subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "launch" / "evaluate.py"
 NTREX = REPO / "data" / "demo" / "parallel" / "ntrex128"

@@ -28,6 +28,8 @@ from swcm.data.prepare import prepare
 from swcm.data.shards import DataError, load_index
 from swcm.data.stream import PretrainStream
 
+pytestmark = pytest.mark.slow   # many subprocesses of the entry points
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 DEMO = ROOT / "data" / "demo"

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from without_swcm import run_without_swcm
 
+pytestmark = pytest.mark.slow   # trains in a fresh interpreter
+
 ROOT = Path(__file__).resolve().parents[1]
 NTREX = ROOT / "data" / "demo" / "parallel" / "ntrex128" / "ntrex128"
 

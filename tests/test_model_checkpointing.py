@@ -1,9 +1,12 @@
 """Activation checkpointing (`model.gradient_checkpointing` in a run config): in training mode, with dropout on,
 it gives the same loss and gradients as the plain model while keeping far fewer activations for the backward."""
 
+import pytest
 import torch
 
 from tests.helpers_model import padded_batch, random_xlmr, swcm_from_xlmr, tiny_xlmr_config
+
+pytestmark = pytest.mark.slow   # forward/backward twice over a 256-wide model
 
 
 def _run(checkpointing: bool):

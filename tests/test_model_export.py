@@ -43,6 +43,7 @@ torch.save(dict(logits=logits, beams=beams, ids=ids, tied=model.lm_head.weight i
 """
 
 
+@pytest.mark.slow
 def test_remote_code_load_gives_same_logits_and_beams(exported, tmp_path):
     tok = AutoTokenizer.from_pretrained(exported)
     model = SWCMForConditionalGeneration.from_pretrained(exported).eval()

@@ -1,5 +1,6 @@
-"""`deepspeed launch/pretrain.py` on 2 CPU ranks: ZeRO stages agree, exact resume after SIGKILL / SIGTERM,
-interrupted saves are ignored, 2 simulated nodes = 1 node x 2 ranks, TensorBoard holds every scalar.
+"""`deepspeed launch/pretrain.py` (and `swcm-launch`) on CPU ranks: ZeRO stages agree, exact resume after SIGKILL,
+a failed save and preemption signals (interrupted saves ignored, damaged checkpoints skipped), 2 simulated nodes = 1
+node x 2 ranks, TensorBoard holds every scalar, elastic resume at other world sizes and stages.
 
 Launches are the expensive part (~10 s each), so a few reference runs are shared by several tests.
 """
@@ -252,31 +253,6 @@ def test_resume_after_sigkill_on_one_rank_is_exact(assets, reference_runs):
         assert got[step] == pytest.approx(ref[step], abs=1e-6), step
 
 
-def test_sigterm_saves_and_exits_zero_and_interrupted_save_is_ignored(assets, reference_runs):
-    out = assets / "terminated"
-    proc = _launch(assets, out, "zero3")
-    _wait_for_step(out, 5, proc)
-    for p in _rank_processes(proc).values():
-        p.send_signal(signal.SIGTERM)  # as SLURM does on preemption: every task gets it
-    assert _wait(proc) == 0, _log(out)
-    stopped = max(losses(out))
-    assert stopped < STEPS and _complete_steps(out)[-1] == stopped
-
-    # A later save that died midway: files present, one truncated, no COMPLETE marker.
-    ckpts = out / "checkpoints"
-    broken = ckpts / f"step_{stopped + 1:08d}"
-    shutil.copytree(ckpts / f"step_{stopped:08d}", broken)
-    (broken / "COMPLETE").unlink()
-    victim = max(broken.rglob("*.pt"), key=lambda p: p.stat().st_size)
-    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
-
-    proc = _launch(assets, out, "zero3", resume=True)
-    assert _wait(proc) == 0, _log(out, resume=True)
-    ref, got = losses(reference_runs["zero3"]), losses(out)
-    for step in range(stopped + 1, STEPS + 1):
-        assert got[step] == pytest.approx(ref[step], abs=1e-6), step
-
-
 def test_two_simulated_nodes_match_one_node(assets, reference_runs):
     out = assets / "two_nodes"
     port = _free_port()
@@ -383,7 +359,8 @@ def test_a_failed_save_ends_the_job_and_resume_skips_a_damaged_checkpoint(assets
     time.sleep(1)
     assert _session_processes(proc.pid) == [], "a process of the job outlived it"
     assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) <= shm
-    assert _complete_steps(out) == [4, 8]
+    assert _complete_steps(out) == [4, 8]   # the save that died midway left step 12 without its COMPLETE marker
+    assert (out / "checkpoints" / "step_00000012").is_dir()
 
     victim = out / "checkpoints" / "step_00000008" / "mp_rank_00_model_states.pt"
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
@@ -402,12 +379,12 @@ def test_preemption_signals_save_exit_zero_and_resume_exactly(assets, reference_
     """Under swcm-launch (DeepSpeed's own launcher cannot: see swcm/launcher.py), SIGTERM to the job's whole process
     group, then Ctrl-C's SIGINT to the group, then SIGTERM to the launcher alone: each time every rank finishes its
     step and saves, the launcher exits 0 after its ranks, nothing of the job is left, and the run resumed after
-    all three reproduces the uninterrupted losses."""
+    all three reproduces the uninterrupted losses (ZeRO-3: its saves and loads go through the shared fp32 master)."""
     out = assets / "preempted"
     stops = [(6, lambda p: os.killpg(p.pid, signal.SIGTERM)), (12, lambda p: os.killpg(p.pid, signal.SIGINT)),
              (18, lambda p: p.send_signal(signal.SIGTERM))]
     for n, (at_step, send) in enumerate(stops):
-        proc = _launch(assets, out, "zero2", resume=n > 0, launcher=(PY, "-m", "swcm.launcher"))
+        proc = _launch(assets, out, "zero3", resume=n > 0, launcher=(PY, "-m", "swcm.launcher"))
         _wait_for_step(out, at_step, proc)
         send(proc)
         assert _wait(proc) == 0, _log(out, resume=n > 0)
@@ -415,9 +392,9 @@ def test_preemption_signals_save_exit_zero_and_resume_exactly(assets, reference_
         stopped = max(losses(out))
         assert stopped < STEPS and _complete_steps(out)[-1] == stopped, (n, stopped, _complete_steps(out))
         assert (out / "checkpoints" / "latest").read_text() == f"step_{stopped:08d}"
-    proc = _launch(assets, out, "zero2", resume=True, launcher=(PY, "-m", "swcm.launcher"))
+    proc = _launch(assets, out, "zero3", resume=True, launcher=(PY, "-m", "swcm.launcher"))
     assert _wait(proc) == 0, _log(out, resume=True)
-    ref, got = losses(reference_runs["zero2"]), losses(out)
+    ref, got = losses(reference_runs["zero3"]), losses(out)
     assert sorted(got) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
         assert got[step] == pytest.approx(ref[step], abs=1e-6), step

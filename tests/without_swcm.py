@@ -22,6 +22,6 @@ def run_without_swcm(script: str, cwd: Path, timeout: int = 600) -> subprocess.C
     HF's module cache (remote code) lives in `cwd`."""
     (cwd / "script.py").write_text(_PRELUDE + script)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_MODULES_CACHE": str(cwd / "modules"), "OMP_NUM_THREADS": "2"}
+           "HF_MODULES_CACHE": str(cwd / "modules"), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-S", "script.py"], cwd=cwd, env=env, capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, timeout=timeout)
