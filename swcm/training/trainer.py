@@ -45,6 +45,7 @@ from swcm.training.stop import StopRequest
 
 log = logging.getLogger("swcm.train")
 
+
 @dataclass
 class StepResult:
     loss: float          # per-token mean over the step, all ranks (NaN if a loss was not finite)
