@@ -5,7 +5,7 @@ export DS_ACCELERATOR ?= cpu
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-fast demo clean-demo gpu-check
+.PHONY: setup test test-fast demo clean-demo gpu-check ablate ablate-smoke
 
 $(VENV_STAMP): setup.py constraints.txt
 	python3 -m venv .venv
@@ -34,3 +34,12 @@ demo: setup
 
 clean-demo:
 	rm -rf runs/demo
+
+# The paper's ablations in miniature plus the HF warm start (docs/ablations.md): the full run continues where it
+# stopped; the smoke size (every stage, tiny: what CI runs) starts afresh.
+ablate: setup
+	$(PY) launch/ablate.py --out runs/ablate-mini
+
+ablate-smoke: setup
+	rm -rf runs/ablate-smoke
+	$(PY) launch/ablate.py --smoke --out runs/ablate-smoke

@@ -19,6 +19,7 @@ setup(
         "sacrebleu>=2.3",
         "accelerate>=1.1",
         "psutil>=5.9",   # swcm-launch (swcm/launcher.py)
+        "matplotlib>=3.5",   # launch/ablate.py's plot
     ],
     entry_points={"console_scripts": ["swcm-launch=swcm.launcher:main"]},
     extras_require={

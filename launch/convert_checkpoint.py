@@ -64,7 +64,13 @@ def add_to_hf(subparsers) -> None:
 
 
 def run_to_hf(args) -> None:
+    from swcm.convert.encoder_to_hf import export_encoder_to_hf, is_encoder_run
     from swcm.convert.to_hf import export_to_hf
+
+    if is_encoder_run(args.run_dir):   # a launch/pretrain_encoder.py run: an XLM-R encoder directory
+        export_encoder_to_hf(args.run_dir, args.out, step=args.step, dtype=args.dtype, overwrite=args.overwrite,
+                             verify=not args.no_verify)
+        return
 
     export_to_hf(args.run_dir, args.out, step=args.step, dtype=args.dtype, overwrite=args.overwrite,
                  verify=not args.no_verify)
