@@ -3,9 +3,9 @@
 
     python launch/convert_checkpoint.py from-encoder --encoder DIR --out DIR [--normal-layer-every 3]
         [--decoder-init encoder|random|duplicate] [--untie-lm-head] [--lang-codes bo,kk,mn,ug,zh]
-        [--overwrite] [--seed 0] [--dtype float32|bfloat16]
+        [--overwrite] [--seed 0] [--dtype float32|bfloat16] [--license ID]
     python launch/convert_checkpoint.py to-hf --run RUN_DIR --out DIR [--step N] [--dtype float32|bfloat16|float16]
-        [--overwrite] [--no-verify]
+        [--overwrite] [--no-verify] [--license ID]
 
 Each subcommand parses its flags and calls one function in swcm/convert/. Bad input (including a checkpoint
 with a missing or truncated file) ends with a one-line `error: ...` on stderr and exit status 2, and nothing
@@ -15,6 +15,10 @@ is written.
 import argparse
 import logging
 import sys
+
+LICENSE_HELP = ("Hub licence id for the model card's metadata (mit, apache-2.0, cc-by-nc-4.0, ...). Default other: "
+                "the weights inherit the encoder's licence (XLM-R: MIT, CINO: Apache-2.0) and the training data's, "
+                "which the converter cannot know")
 
 
 def add_from_encoder(subparsers) -> None:
@@ -36,6 +40,7 @@ def add_from_encoder(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--seed", type=int, default=0, help="seed for the randomly initialised parts")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="dtype of the saved weights")
+    p.add_argument("--license", default="other", help=LICENSE_HELP)
     p.set_defaults(run=run_from_encoder)
 
 
@@ -45,7 +50,8 @@ def run_from_encoder(args) -> None:
     codes = tuple(c.strip() for c in args.lang_codes.split(",") if c.strip())
     convert_from_encoder(args.encoder, args.out, normal_layer_every=args.normal_layer_every,
                          decoder_init=args.decoder_init, tie_word_embeddings=not args.untie_lm_head,
-                         lang_codes=codes, overwrite=args.overwrite, seed=args.seed, dtype=args.dtype)
+                         lang_codes=codes, overwrite=args.overwrite, seed=args.seed, dtype=args.dtype,
+                         license=args.license)
 
 
 def add_to_hf(subparsers) -> None:
@@ -60,6 +66,7 @@ def add_to_hf(subparsers) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--no-verify", action="store_true", help="skip the fresh-process logits check")
+    p.add_argument("--license", default="other", help=LICENSE_HELP)
     p.set_defaults(run=run_to_hf)
 
 
@@ -73,7 +80,7 @@ def run_to_hf(args) -> None:
         return
 
     export_to_hf(args.run_dir, args.out, step=args.step, dtype=args.dtype, overwrite=args.overwrite,
-                 verify=not args.no_verify)
+                 verify=not args.no_verify, license=args.license)
 
 
 def parse_args(argv=None):

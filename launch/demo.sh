@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The embedded default, end to end on this machine (2 CPU ranks):
 #   demo corpus -> tokenizer + stand-in XLM-R encoder -> SWCM init (from-encoder) -> webdataset shards ->
-#   DeepSpeed pretraining (ZeRO-2, 2 ranks) -> checkpoint -> HF export -> a generation.
+#   DeepSpeed pretraining (ZeRO-2, 2 ranks) -> checkpoint -> HF export -> a generation ->
+#   NTREX zh->bo task files -> dev scores of the export -> DeepSpeed fine-tuning -> dev scores after, compared.
 # Everything lands in runs/demo/ (or $OUT); re-running reuses finished stages (delete it to start over).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,15 +16,15 @@ mkdir -p $OUT
 start=$(date +%s)
 
 if [ ! -d $OUT/encoder ]; then
-  echo "== 1/6 stand-in encoder: sentencepiece tokenizer on the demo corpus + a small random XLM-R"
+  echo "== 1/10 stand-in encoder: sentencepiece tokenizer on the demo corpus + a small random XLM-R"
   $PY launch/make_demo_encoder.py --out $OUT/encoder
 fi
 if [ ! -d $OUT/swcm-init ]; then
-  echo "== 2/6 from-encoder: XLM-SWCM decoder built from the encoder's weights (X=3)"
+  echo "== 2/10 from-encoder: XLM-SWCM decoder built from the encoder's weights (X=3)"
   $PY launch/convert_checkpoint.py from-encoder --encoder $OUT/encoder --out $OUT/swcm-init --normal-layer-every 3
 fi
 if [ ! -f $OUT/shards/train/index.json ]; then
-  echo "== 3/6 shards: mono bo/kk/ug/zh/mn + NTREX zh<->x parallel"
+  echo "== 3/10 shards: mono bo/kk/ug/zh/mn + NTREX zh<->x parallel"
   $PY launch/prepare_data.py --tokenizer $OUT/swcm-init --out $OUT/shards/train --max-len 128 \
     --mono bo=$D/mono/bo.txt,$D/mono/bo_speech.txt --mono kk=$D/mono/kk.txt \
     --mono ug=$D/mono/ug.txt,$D/mono/ug_proverbs.txt --mono zh=$D/mono/zh.txt --mono mn=$NTREX.train.mn \
@@ -35,13 +36,38 @@ if [ ! -f $OUT/shards/train/index.json ]; then
     --parallel zh-bo=$NTREX.dev.zh,$NTREX.dev.bo --parallel zh-kk=$NTREX.dev.zh,$NTREX.dev.kk \
     --parallel zh-mn=$NTREX.dev.zh,$NTREX.dev.mn --parallel zh-ug=$NTREX.dev.zh,$NTREX.dev.ug
 fi
-echo "== 4/6 pretraining: deepspeed, 2 CPU ranks, ZeRO-2 (resumes if a checkpoint exists)"
+echo "== 4/10 pretraining: deepspeed, 2 CPU ranks, ZeRO-2 (resumes if a checkpoint exists)"
 $DS --num_gpus 2 launch/pretrain.py --config configs/demo.json --deepspeed_config ds_configs/zero2.json \
   --out $OUT/run --resume \
   --set model.path=$OUT/swcm-init --set data.shards=$OUT/shards/train --set data.dev_shards=$OUT/shards/dev
-echo "== 5/6 export: newest checkpoint -> HF directory (safetensors, remote code), verified by reloading"
+echo "== 5/10 export: newest checkpoint -> HF directory (safetensors, remote code), verified by reloading"
 $PY launch/convert_checkpoint.py to-hf --run $OUT/run --out $OUT/hf --overwrite
-echo "== 6/6 generation: zh -> bo with beam search from the exported directory"
+echo "== 6/10 generation: zh -> bo with beam search from the exported directory"
 $PY launch/generate.py --model $OUT/hf --src-lang zh --tgt-lang bo --num-beams 4 \
   --text "$(head -n 1 $NTREX.dev.zh)"
-echo "demo finished in $(( $(date +%s) - start )) s; TensorBoard: .venv/bin/tensorboard --logdir $OUT/run/tensorboard"
+TASKS=$OUT/tasks/ntrex_zh_bo
+if [ ! -f $TASKS.dev.jsonl ]; then
+  echo "== 7/10 task files: NTREX zh -> bo train and dev pairs as JSONL"
+  for split in train dev; do
+    $PY launch/make_task_jsonl.py parallel --src $NTREX.$split.zh --tgt $NTREX.$split.bo --src-lang zh --tgt-lang bo \
+      --out $TASKS.$split.jsonl
+  done
+fi
+EVAL="--data $TASKS.dev.jsonl --beam 5 --max-new-tokens 128"
+mkdir -p $OUT/eval
+if [ ! -f $OUT/eval/before.scores.json ]; then
+  echo "== 8/10 evaluate the export on the dev pairs (before fine-tuning): chrF, BLEU, ROUGE-L"
+  $PY launch/evaluate.py --model $OUT/hf $EVAL --out $OUT/eval/before.jsonl --scores-out $OUT/eval/before.scores.json
+fi
+if [ ! -f $OUT/ft/best.json ]; then
+  echo "== 9/10 fine-tuning: deepspeed, 2 CPU ranks, ZeRO-2, on the train pairs (resumes if a checkpoint exists)"
+  $DS --num_gpus 2 launch/finetune.py --config configs/finetune/ntrex_zh_bo.json \
+    --deepspeed_config ds_configs/zero2.json --out $OUT/ft --resume \
+    --set model.path=$OUT/hf --set data.train=$TASKS.train.jsonl --set data.dev=$TASKS.dev.jsonl
+fi
+if [ ! -f $OUT/eval/after.scores.json ]; then
+  echo "== 10/10 evaluate the fine-tuned model (its best dev checkpoint), paired bootstrap against step 8"
+  $PY launch/evaluate.py --model $OUT/ft/hf $EVAL --out $OUT/eval/after.jsonl --scores-out $OUT/eval/after.scores.json \
+    --compare $OUT/eval/before.jsonl
+fi
+echo "demo finished in $(( $(date +%s) - start )) s; TensorBoard: .venv/bin/tensorboard --logdir $OUT"

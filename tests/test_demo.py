@@ -1,5 +1,6 @@
 """`make demo` (launch/demo.sh) end to end on a fresh output folder: the demo corpus -> shards -> DeepSpeed
-pretraining on 2 CPU ranks -> checkpoint -> verified HF export -> a generation."""
+pretraining on 2 CPU ranks -> checkpoint -> verified HF export -> a generation -> fine-tuning on the NTREX zh->bo
+train pairs -> dev scores before and after (paired bootstrap)."""
 
 import json
 import os
@@ -8,19 +9,53 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def dev_loss(model_dir: Path, dev_jsonl: Path, max_len: int) -> float:
+    """Per-token loss of the model in `model_dir` on every example of `dev_jsonl`, with the labels and truncation the
+    fine-tuning trainer uses (so that it compares with the run's `dev/loss`). The plain head: the fused kernel would
+    run under the Triton interpreter here (tests/conftest.py), minutes for what takes a second."""
+    from swcm.modeling_swcm import SWCMForConditionalGeneration
+    from swcm.seq2seq_inputs import build_seq2seq_inputs
+    from swcm.seq2seq_layout import scored
+    from swcm.tokenization import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    model = SWCMForConditionalGeneration.from_pretrained(str(model_dir), fused_lm_head_ce=False).eval()
+    rows = [json.loads(line) for line in dev_jsonl.read_text(encoding="utf-8").splitlines()]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(rows), 32):
+            chunk = rows[i:i + 32]
+            batch = build_seq2seq_inputs(tok, [r["source"] for r in chunk], [r["target"] for r in chunk],
+                                         [r["src_lang"] for r in chunk], [r["tgt_lang"] for r in chunk], max_len)
+            total += model(**batch).token_losses.sum().item()
+            count += int(scored(batch["labels"]).sum())
+    return total / count
+
+
+def tensorboard_scalars(run: Path, tag: str) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    return {e.step: e.value for e in acc.Scalars(tag)}
+
+
+@pytest.mark.timeout(2400)   # ~7 min on 2 idle cores; up to 15 min on cores shared with other test runs
 def test_demo_runs_end_to_end_and_learns(tmp_path):
     out = tmp_path / "demo"
     env = dict(os.environ, OUT=str(out), PY=sys.executable, DS=str(Path(sys.executable).with_name("deepspeed")))
     env.pop("TRITON_INTERPRET", None)
-    res = subprocess.run(["bash", "launch/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    res = subprocess.run(["bash", "launch/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=2100)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
+    # Pretraining: every step logged, the loss falls, the final checkpoint is complete, the export verified.
     rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     config = json.loads((ROOT / "configs" / "demo.json").read_text())
     assert [r["step"] for r in rows] == list(range(1, config["train"]["max_steps"] + 1))
@@ -32,3 +67,32 @@ def test_demo_runs_end_to_end_and_learns(tmp_path):
     assert "verified: a fresh process reproduces the logits" in res.stderr + res.stdout
     generation = json.loads(next(ln for ln in res.stdout.splitlines() if ln.startswith('{"source"')))
     assert generation["source"] and isinstance(generation["output"], str)
+
+    # Fine-tuning: the run's dev loss (TensorBoard) is below the export's on the same dev pairs, and the fine-tuned
+    # model's (its best checkpoint, exported to ft/hf) is what the run logged for that step.
+    ft = json.loads((ROOT / "configs" / "finetune" / "ntrex_zh_bo.json").read_text())
+    dev = out / "tasks" / "ntrex_zh_bo.dev.jsonl"
+    logged = tensorboard_scalars(out / "ft", "dev/loss")
+    assert sorted(logged) == list(range(ft["train"]["dev_every"], ft["train"]["max_steps"] + 1,
+                                        ft["train"]["dev_every"]))
+    best = json.loads((out / "ft" / "best.json").read_text())
+    before, after = dev_loss(out / "hf", dev, ft["data"]["max_len"]), dev_loss(out / "ft" / "hf", dev,
+                                                                                 ft["data"]["max_len"])
+    assert after == pytest.approx(logged[best["step"]], rel=1e-4), (after, logged)
+    assert max(logged.values()) < before, (before, logged)
+
+    # Dev scores before and after (evaluate.py): chrF goes up, and the paired bootstrap says so.
+    scores = {name: json.loads((out / "eval" / f"{name}.scores.json").read_text()) for name in ("before", "after")}
+    assert all(s["scores"]["overall"]["n"] == len(dev.read_text().splitlines()) for s in scores.values())
+    chrf = {name: s["scores"]["overall"]["chrf"] for name, s in scores.items()}
+    assert chrf["after"] > chrf["before"], chrf
+    compare = scores["after"]["compare"]["groups"]["overall"]["chrf"]
+    assert compare["delta"] == pytest.approx(chrf["after"] - chrf["before"], abs=1e-6) and compare["ci95"][0] > 0
+    assert scores["after"]["throughput"]["beam"] == 5
+
+    # Both exports carry the model card (Hub metadata and the fine-tuning snippet); ft/hf forces <bo>.
+    for model_dir in (out / "hf", out / "ft" / "hf"):
+        card = (model_dir / "README.md").read_text(encoding="utf-8")
+        assert card.startswith("---\nlanguage:\n") and "pipeline_tag: text-generation" in card
+        assert f"MODEL = {model_dir.name!r}" in card
+    assert "forces `<bo>` after `<s>`" in (out / "ft" / "hf" / "README.md").read_text(encoding="utf-8")

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from swcm.convert import ConversionError
+from swcm.convert.model_card import DEFAULT_LICENSE, check_license, front_matter, usage_sections
 from swcm.modeling_swcm import SWCMConfig, SWCMForConditionalGeneration
 from swcm.tokenization import DEFAULT_LANG_CODES, add_language_tags, lang_tag
 
@@ -119,11 +120,15 @@ def _check_out_dir(out_dir: Path, encoder_dir: Path, overwrite: bool) -> None:
         raise ConversionError(f"--out {out_dir} exists and is not empty (pass --overwrite to replace it)")
 
 
-def _model_card(config: SWCMConfig, encoder_dir: Path, n_params: int) -> str:
+def _model_card(config: SWCMConfig, encoder_dir: Path, n_params: int, out_name: str, license: str) -> str:
+    """README.md of an initialised directory: metadata block, what was built, the seq2seq convention, a runnable
+    fine-tuning snippet (loading the model as `out_name`) and the licence note."""
     tags = ", ".join(f"`{lang_tag(c)}`={i}" for c, i in config.lang_token_ids.items())
-    return f"""# XLM-SWCM (initialised, not yet pretrained)
+    return f"""{front_matter(config.lang_codes, license)}
+# XLM-SWCM (initialised, not yet pretrained)
 
-Converted by `launch/convert_checkpoint.py from-encoder` from the encoder `{encoder_dir.name}`.
+Converted by `launch/convert_checkpoint.py from-encoder` from the encoder `{encoder_dir.name}`. Load with
+`AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=True)`.
 
 - decoder: {config.decoder_layers} layers `{config.layer_pattern}` (C = custom, N = normal), normal layer every
   {config.normal_layer_every}, decoder_init `{config.decoder_init}`
@@ -131,25 +136,18 @@ Converted by `launch/convert_checkpoint.py from-encoder` from the encoder `{enco
 - parameters: {n_params:,}
 - language tags: {tags}
 
-```python
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)  # the flag only avoids a prompt
-model = AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=True)
-# encoder input "<s> <src> x </s>"; generation starts at <s> and is forced to the target tag next
-batch = tok("<zh> 你好", return_tensors="pt")
-out = model.generate(**batch, forced_bos_token_id=model.config.lang_token_ids["bo"], num_beams=5)
-```
-"""
+{usage_sections(out_name, license)}"""
 
 
 def convert_from_encoder(encoder_dir: str | Path, out_dir: str | Path, *, normal_layer_every: int = 3,
                          decoder_init: str = "encoder", tie_word_embeddings: bool = True,
                          lang_codes=DEFAULT_LANG_CODES, overwrite: bool = False, seed: int = 0,
-                         dtype: str = "float32") -> Path:
+                         dtype: str = "float32", license: str = DEFAULT_LICENSE) -> Path:
     """Build an initialised SWCM directory at `out_dir` from the XLM-R directory `encoder_dir`; return out_dir.
 
     Writes config.json (with auto_map), model.safetensors, generation_config.json, modeling_swcm.py, the
-    tokenizer with the language tags, and README.md. Raises ConversionError, writing nothing, on bad input.
+    tokenizer with the language tags, and README.md (its metadata gives `license`, a Hub licence id). Raises
+    ConversionError, writing nothing, on bad input.
     """
     encoder_dir, out_dir = Path(encoder_dir), Path(out_dir)
     if not encoder_dir.is_dir():
@@ -157,6 +155,7 @@ def convert_from_encoder(encoder_dir: str | Path, out_dir: str | Path, *, normal
     _check_out_dir(out_dir, encoder_dir, overwrite)
     if dtype not in ("float32", "bfloat16"):
         raise ConversionError(f"--dtype {dtype!r}: expected float32 or bfloat16")
+    check_license(license)
     encoder_config = read_encoder_config(encoder_dir)
     state = from_hf(load_encoder_state_dict(encoder_dir))
     if WORD_EMBEDDINGS not in state:
@@ -215,7 +214,7 @@ def convert_from_encoder(encoder_dir: str | Path, out_dir: str | Path, *, normal
         model.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
         n_params = sum(p.numel() for p in model.parameters())
-        (staging / "README.md").write_text(_model_card(config, encoder_dir, n_params))
+        (staging / "README.md").write_text(_model_card(config, encoder_dir, n_params, out_dir.name, license))
         if out_dir.exists():
             retired = out_dir.with_name(f".{out_dir.name}.old-{staging.name.rsplit('-', 1)[-1]}")
             out_dir.rename(retired)

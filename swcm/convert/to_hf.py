@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from swcm.convert import ConversionError
+from swcm.convert.model_card import DEFAULT_LICENSE, check_license, front_matter, usage_sections
 
 log = logging.getLogger(__name__)
 
@@ -106,24 +107,36 @@ def consolidated_state_dict(run_dir: str | Path, step: int | None = None) -> dic
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
-def _model_card(run_dir: Path, step: int, info: dict, config, n_params: int, dtype: str) -> str:
+def _model_card(run_dir: Path, step: int, info: dict, model, n_params: int, dtype: str, out_name: str,
+                license: str) -> str:
+    """README.md of an export: metadata block, the training facts (pretraining or fine-tuning, from the run's config
+    and metrics), the seq2seq convention, a runnable fine-tuning snippet (loading the model as `out_name`) and the
+    licence note."""
+    config = model.config
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     last = [r for r in rows if r["step"] <= step][-1:] or [{}]
     ds = info["deepspeed"]
-    return f"""# XLM-SWCM (pretrained with swcm)
+    what = "fine-tuning" if info.get("task") == "finetune" else "pretraining (DAE + MT)"
+    forced = model.generation_config.forced_bos_token_id
+    tag = next((f"<{c}>" for c, i in config.lang_token_ids.items() if i == forced), None)
+    generation = (f"`generation_config.json` forces `{tag}` after `<s>`, so a plain `generate()` produces that "
+                  "language." if tag else "Nothing is forced in `generation_config.json`: choose the target "
+                  "language as below.")
+    training = (f"{what}: checkpoint of step {step}, training loss {last[0].get('loss', float('nan')):.4f} at that "
+                f"step; {info['world_size']} ranks, ZeRO stage {ds.get('zero_optimization', {}).get('stage', 0)}, "
+                f"{'bf16' if ds.get('bf16', {}).get('enabled') else 'fp32'}; run config in `training_config.json`")
+    return f"""{front_matter(config.lang_codes, license)}
+# XLM-SWCM (trained with swcm)
+
+Load with `AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=True)`. {generation}
 
 - decoder: {config.decoder_layers} layers `{config.layer_pattern}` (C = custom, initialised from the encoder;
   N = normal), LM head {"tied to" if config.tie_word_embeddings else "separate from"} the word embedding
 - parameters: {n_params:,}; weights stored as {dtype}
-- language tags: {", ".join(f"<{c}>={i}" for c, i in config.lang_token_ids.items())}
-- pretraining: {step} optimizer steps (DAE + MT), final training loss {last[0].get("loss", float("nan")):.4f},
-  {info["world_size"]} ranks, ZeRO stage {ds.get("zero_optimization", {}).get("stage", 0)},
-  {"bf16" if ds.get("bf16", {}).get("enabled") else "fp32"}; run config in `training_config.json`
+- language tags: {", ".join(f"`<{c}>`={i}" for c, i in config.lang_token_ids.items())}
+- {training}
 
-Encoder input `<s> <src_lang> x </s>`; generation starts from `<s>` and is forced to `<tgt_lang>` next
-(`forced_bos_token_id`), as in training. Load with
-`AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=True)`.
-"""
+{usage_sections(out_name, license)}"""
 
 
 # Run with `python -S` plus site-packages on sys.path: .pth files (swcm's editable-install hook) stay unread,
@@ -177,16 +190,18 @@ def _verify(out_dir: Path, model, tokenizer, dtype: str) -> float:
 
 
 def export_to_hf(run_dir: str | Path, out_dir: str | Path, *, step: int | None = None, dtype: str = "float32",
-                 overwrite: bool = False, verify: bool = True, forced_bos_token_id: int | None = None) -> Path:
+                 overwrite: bool = False, verify: bool = True, forced_bos_token_id: int | None = None,
+                 license: str = DEFAULT_LICENSE) -> Path:
     """Write the HF directory of a run's checkpoint to `out_dir` (atomically) and verify it; return out_dir.
     `forced_bos_token_id` (a target-language tag) goes into generation_config.json, so that a plain `generate()`
-    produces that language."""
+    produces that language; `license` (a Hub licence id) goes into the model card's metadata."""
     from swcm.tokenization import load_tokenizer
     from swcm.modeling_swcm import SWCMConfig, SWCMForConditionalGeneration
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if dtype not in DTYPES:
         raise ConversionError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    check_license(license)
     if not run_dir.is_dir():
         raise ConversionError(f"run directory {run_dir} not found")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
@@ -216,7 +231,8 @@ def export_to_hf(run_dir: str | Path, out_dir: str | Path, *, step: int | None =
         model.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
         n_params = sum(p.numel() for p in model.parameters())
-        (staging / "README.md").write_text(_model_card(run_dir, step, info, config, n_params, dtype))
+        (staging / "README.md").write_text(_model_card(run_dir, step, info, model, n_params, dtype,
+                                                       out_dir.name, license))
         (staging / "training_config.json").write_text(json.dumps(info, indent=2))
         if verify:
             diff = _verify(staging, model, tokenizer, dtype)
