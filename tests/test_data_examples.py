@@ -106,3 +106,17 @@ def test_dev_split_is_every_example_in_one_unshuffled_epoch():
     first = [i for b in dev.epoch_batches() if not b["is_padding"] for i in b["sample_id"]]
     assert sorted(first) == sorted(f"dev:{i}" for i in range(1, 31)) and len(first) == 30
     assert [i for b in dev.epoch_batches() for i in b["sample_id"]] == first
+
+
+def test_the_shipped_transfer_config_is_a_few_shot_mix():
+    """configs/finetune/transfer_zh_to_ug.json: the paper's Table 2 set-up as a config of the same tool -- a
+    high-resource file whole, plus a handful of target-language examples read several times per epoch."""
+    from swcm.config import FinetuneRunConfig, load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "finetune" / "transfer_zh_to_ug.json",
+                      cls=FinetuneRunConfig)
+    whole, few = cfg.data.train
+    assert (whole.cap, whole.weight) == (0, 1.0) and (few.cap, few.weight) == (16, 4.0)
+    sources = [Source("bo", _examples("bo", 60)), Source("ug", _examples("ug", 25), cap=few.cap, weight=few.weight)]
+    reads = [r for batch in _streams(sources, 1)[0].batches(0) for r in batch]
+    assert sum(1 for s, _ in reads if s == 1) == 64 and len({i for s, i in reads if s == 1}) == 16
