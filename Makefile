@@ -20,9 +20,9 @@ setup: $(VENV_STAMP)
 test: setup
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
 
-# The fast tier while working: no multi-rank launches, no whole demo (under 2 minutes).
+# The fast tier while working: no multi-process or long tests (under 2 minutes); `make test` runs them all.
 test-fast: setup
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not distributed"
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not distributed and not slow"
 
 # On one CUDA GPU (at most ~8 min): kernel tests compiled, attention vs SDPA-flash, fused LM head vs naive/Liger,
 # 30 training steps attn auto vs sdpa; without CUDA a dry run at tiny shapes (benchmarks/gpu_check.py).

@@ -6,6 +6,7 @@
         [--overwrite] [--seed 0] [--dtype float32|bfloat16] [--license ID]
     python launch/convert_checkpoint.py to-hf --run RUN_DIR --out DIR [--step N] [--dtype float32|bfloat16|float16]
         [--overwrite] [--no-verify] [--license ID]
+    python launch/convert_checkpoint.py universal --run RUN_DIR --out DIR [--step N] [--overwrite]
 
 Each subcommand parses its flags and calls one function in swcm/convert/. Bad input (including a checkpoint
 with a missing or truncated file) ends with a one-line `error: ...` on stderr and exit status 2, and nothing
@@ -83,11 +84,31 @@ def run_to_hf(args) -> None:
                  verify=not args.no_verify, license=args.license)
 
 
+def add_universal(subparsers) -> None:
+    p = subparsers.add_parser(
+        "universal", help="DeepSpeed run (ZeRO 1-3) -> universal checkpoint, to resume at another world size/stage",
+        description="Convert a run's newest complete checkpoint (or --step) with DeepSpeed's ds_to_universal into a "
+                    "universal checkpoint that `pretrain.py --resume-from DIR` loads at any world size and ZeRO "
+                    "stage 1-3, with the data position and the model's config and tokenizer.")
+    p.add_argument("--run", dest="run_dir", required=True, help="the --out directory of a training run")
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest complete one)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(run=run_universal)
+
+
+def run_universal(args) -> None:
+    from swcm.convert.universal import to_universal
+
+    to_universal(args.run_dir, args.out, step=args.step, overwrite=args.overwrite)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_from_encoder(subparsers)
     add_to_hf(subparsers)
+    add_universal(subparsers)
     return parser.parse_args(argv)
 
 

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
@@ -52,46 +51,18 @@ def _run_info(run_dir: Path) -> dict:
         raise ConversionError(f"{path}: cannot read the run's config ({e})") from None
 
 
-def _expected_files(ckpt: Path, stage: int, world_size: int) -> list[Path]:
-    """The DeepSpeed files a checkpoint of this ZeRO stage and world size must hold to be consolidated."""
-    model = ([ckpt / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(world_size)] if stage == 3
-             else [ckpt / "mp_rank_00_model_states.pt"])
-    if stage == 0:
-        return model
-    optim = []
-    for r in range(world_size):   # bf16 runs may prefix the optimizer files with `bf16_`
-        name = f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt"
-        optim += sorted(ckpt.glob(f"*{name}"))[:1] or [ckpt / name]
-    return model + optim
-
-
-def _check_files(ckpt: Path, stage: int, world_size: int) -> None:
-    """ConversionError naming the first expected file that is missing or not a complete torch archive (a
-    truncated file has lost the zip directory at its end). Reads only the archives' directories, so damage
-    inside a file is left to DeepSpeed's loader (reported for the checkpoint as a whole)."""
-    for path in _expected_files(ckpt, stage, world_size):
-        if not path.is_file():
-            raise ConversionError(f"{path}: missing (a ZeRO-{stage} checkpoint of {world_size} rank(s) needs it)")
-        try:
-            zipfile.ZipFile(path).close()
-        except (OSError, zipfile.BadZipFile) as e:
-            raise ConversionError(f"{path}: damaged or truncated checkpoint file ({e})") from None
-
-
 def consolidated_state_dict(run_dir: str | Path, step: int | None = None) -> dict[str, torch.Tensor]:
     """The full fp32 model state dict of a run's checkpoint (newest complete one unless `step` is given).
     ConversionError names a missing or damaged checkpoint file, or the checkpoint DeepSpeed could not read."""
-    from swcm.training.checkpointing import MARKER
+    from swcm.training.checkpointing import damage
 
     run_dir = Path(run_dir)
     step, ckpt = _checkpoint(run_dir, step)
     info = _run_info(run_dir)
     stage = info["deepspeed"].get("zero_optimization", {}).get("stage", 0)
-    try:
-        world_size = json.loads((ckpt / MARKER).read_text())["world_size"]
-    except (OSError, ValueError, KeyError, TypeError):
-        world_size = info["world_size"]
-    _check_files(ckpt, stage, world_size)
+    problem = damage(ckpt, stage)
+    if problem:
+        raise ConversionError(problem)
     try:
         if stage == 0:
             # ZeRO-0 checkpoints already hold the whole model; zero_to_fp32 does not handle them. The file is
