@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from swcm.convert import ConversionError
+from swcm.convert.staging import staged_directory
 from swcm.convert.model_card import DEFAULT_LICENSE, check_license, front_matter, usage_sections
 from swcm.modeling_swcm import SWCMConfig, SWCMForConditionalGeneration
 from swcm.tokenization import DEFAULT_LANG_CODES, add_language_tags, lang_tag
@@ -207,23 +206,10 @@ def convert_from_encoder(encoder_dir: str | Path, out_dir: str | Path, *, normal
     # The paper's pretraining length; transformers' default of 20 new tokens would cut summaries short.
     model.generation_config.max_length = 256
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        staging.chmod(0o755)  # mkdtemp makes it private (0700); the result is an ordinary shared directory
+    with staged_directory(out_dir) as staging:
         model.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
         n_params = sum(p.numel() for p in model.parameters())
         (staging / "README.md").write_text(_model_card(config, encoder_dir, n_params, out_dir.name, license))
-        if out_dir.exists():
-            retired = out_dir.with_name(f".{out_dir.name}.old-{staging.name.rsplit('-', 1)[-1]}")
-            out_dir.rename(retired)
-            staging.rename(out_dir)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     log.info("wrote %s (%s parameters, %s)", out_dir, f"{n_params:,}", dtype)
     return out_dir

@@ -12,7 +12,8 @@ from typing import Iterator
 @contextmanager
 def staged_directory(out_dir: str | Path) -> Iterator[Path]:
     """A new, empty directory beside `out_dir` to write into. When the block ends without an exception it replaces
-    `out_dir`; otherwise it is removed and `out_dir` stays as it was (absent, or its previous content)."""
+    `out_dir` (the old one is renamed away first and removed last, so there is always a complete `out_dir` or
+    the old one); otherwise it is removed and `out_dir` stays as it was (absent, or its previous content)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -20,8 +21,12 @@ def staged_directory(out_dir: str | Path) -> Iterator[Path]:
         staging.chmod(0o755)   # mkdtemp makes it private; the result is an ordinary directory
         yield staging
         if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+            retired = out_dir.with_name(f".{out_dir.name}.old-{staging.name.rsplit('-', 1)[-1]}")
+            out_dir.rename(retired)
+            staging.rename(out_dir)
+            shutil.rmtree(retired)
+        else:
+            staging.rename(out_dir)
     finally:
         if staging.exists():
             shutil.rmtree(staging)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 from swcm.convert import ConversionError
+from swcm.convert.staging import staged_directory
 from swcm.convert.model_card import DEFAULT_LICENSE, check_license, front_matter, usage_sections
 
 log = logging.getLogger(__name__)
@@ -196,9 +196,7 @@ def export_to_hf(run_dir: str | Path, out_dir: str | Path, *, step: int | None =
     if forced_bos_token_id is not None:
         model.generation_config.forced_bos_token_id = forced_bos_token_id
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with staged_directory(out_dir) as staging:
         model.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
         n_params = sum(p.numel() for p in model.parameters())
@@ -208,11 +206,5 @@ def export_to_hf(run_dir: str | Path, out_dir: str | Path, *, step: int | None =
         if verify:
             diff = _verify(staging, model, tokenizer, dtype)
             log.info("verified: a fresh process reproduces the logits (max |diff| %.2e)", diff)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     log.info("wrote %s (step %d, %s parameters, %s)", out_dir, step, f"{n_params:,}", dtype)
     return out_dir

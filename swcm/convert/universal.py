@@ -15,12 +15,12 @@ import logging
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 from swcm.convert import ConversionError
+from swcm.convert.staging import staged_directory
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,7 @@ def to_universal(run_dir: str | Path, out_dir: str | Path, *, step: int | None =
     problem = damage(ckpt, stage)
     if problem:
         raise ConversionError(problem)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with staged_directory(out_dir) as staging:
         step_dir = staging / ckpt.name
         res = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
                               str(ckpt), "--output_folder", str(step_dir), "--num_extract_workers", "1",
@@ -113,12 +111,6 @@ def to_universal(run_dir: str | Path, out_dir: str | Path, *, step: int | None =
                 "train_batch_size": global_batch_size(ds, world), "micro_batch": micro_batch_size(ds, world)},
             "loader": rank0["loader"], "task": info.get("task"), "run": info.get("run")}, indent=1))
         shutil.copytree(run_dir / "model", staging / "model")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     log.info("wrote universal checkpoint %s (step %d of %s, ZeRO-%d at %d ranks)", out_dir, step, run_dir, stage,
              world)
     return out_dir
