@@ -7,6 +7,7 @@ import logging
 import torch
 import torch.distributed as dist
 
+from swcm.training.ds_ops import load_shm_comm_op
 from swcm.training.fp32_master import share_fp32_master
 from swcm.training.gloo_collectives import use_bounded_gloo_collectives
 from swcm.training.schedule import warmup_linear_decay
@@ -19,6 +20,7 @@ def init_process_group(gloo_piece_mb: float) -> tuple[int, int]:
     reduce-scatters through bounded pieces of `gloo_piece_mb` MiB (0 = off). Returns (rank, world size)."""
     import deepspeed
 
+    load_shm_comm_op()
     deepspeed.init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
     piece_bytes = int(gloo_piece_mb * 2 ** 20)
