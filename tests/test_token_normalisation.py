@@ -95,9 +95,32 @@ def _worker(rank, world, port, model_dir, batches, out_path):
         grads = {}
         _capture_boundary_grads(trainer.engine, grads)
         result = trainer.train_step(mine)
-        results[stage] = {"loss": result.loss, "grads": grads}
+        results[stage] = {"loss": result.loss, "grads": grads, "nonfinite": _nonfinite_step(trainer, mine)}
     if rank == 0:
         torch.save(results, out_path)
+
+
+def _nonfinite_step(trainer, batches) -> dict:
+    """One more step whose loss is NaN on every rank: what the trainer did with it, then a normal step."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    def weights():   # ZeRO 1-3 hold the fp32 weights in the optimizer (a collective at ZeRO-3); ZeRO-0 in the model
+        full = {n: safe_get_full_fp32_param(p) for n, p in trainer.engine.module.named_parameters()}
+        return {n: (w if w is not None else p.detach()).clone()
+                for (n, w), p in zip(full.items(), trainer.engine.module.parameters())}
+
+    before, lr = weights(), trainer.scheduler.get_last_lr()[0]
+    head = trainer.engine.module.lm_head
+    real = head.forward
+    head.forward = lambda *a, **k: (lambda o: (o[0], o[1] * float("nan"), o[2]))(real(*a, **k))
+    skipped = trainer.train_step(batches)
+    head.forward = real
+    after, lr_after = weights(), trainer.scheduler.get_last_lr()[0]
+    normal = trainer.train_step(batches)
+    moved = weights()
+    return {"applied": skipped.applied, "loss": skipped.loss, "lr_held": lr_after == lr,
+            "unchanged": all(torch.equal(before[n], after[n]) for n in before),
+            "next_applied": normal.applied, "next_moves": any(not torch.equal(after[n], moved[n]) for n in after)}
 
 
 def _free_port():
@@ -140,6 +163,8 @@ def _whole_batch_reference(model, batches):
 
 @pytest.mark.parametrize("world", [1, 2, 4])
 def test_split_into_ranks_and_micro_batches_changes_nothing(setup, world, tmp_path):
+    """The step's loss and gradients equal the whole batch's at once; and a step whose loss is NaN is skipped alike at
+    ZeRO 0, 2 and 3: no update, the lr schedule held, the next step applied."""
     root, model, batches = setup
     out = tmp_path / "result.pt"
     mp.spawn(_worker, args=(world, _free_port(), str(root / "model"), batches, str(out)), nprocs=world, join=True)
@@ -152,6 +177,10 @@ def test_split_into_ranks_and_micro_batches_changes_nothing(setup, world, tmp_pa
         for name, ref in ref_grads.items():
             err = (got["grads"][name] - ref).abs().max().item()
             assert err <= 1e-6 * ref.abs().max().item() + 1e-12, (world, stage, name, err)
+        nonfinite = got["nonfinite"]
+        assert not nonfinite["applied"] and nonfinite["loss"] != nonfinite["loss"], (world, stage)   # NaN logged
+        assert nonfinite["unchanged"] and nonfinite["lr_held"], (world, stage, nonfinite)
+        assert nonfinite["next_applied"] and nonfinite["next_moves"], (world, stage, nonfinite)
 
 
 def test_a_micro_batch_mean_would_fail_the_comparison(setup):
