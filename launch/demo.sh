@@ -4,11 +4,16 @@
 #   DeepSpeed pretraining (ZeRO-2, 2 ranks) -> checkpoint -> HF export -> a generation ->
 #   NTREX zh->bo task files -> dev scores of the export -> DeepSpeed fine-tuning -> dev scores after, compared.
 # Everything lands in runs/demo/ (or $OUT); re-running reuses finished stages (delete it to start over).
+# A smaller run of the same pipeline (tests/test_demo.py): PRETRAIN_SET / FINETUNE_SET add `--set k=v` overrides to
+# the two DeepSpeed runs, DEV_PAIRS keeps the first N NTREX dev pairs (0 = all 259).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DS=${DS:-.venv/bin/deepspeed}
 OUT=${OUT:-runs/demo}
+PRETRAIN_SET=${PRETRAIN_SET:-}
+FINETUNE_SET=${FINETUNE_SET:-}
+DEV_PAIRS=${DEV_PAIRS:-0}
 D=data/demo
 NTREX=$D/parallel/ntrex128/ntrex128
 export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -39,7 +44,8 @@ fi
 echo "== 4/10 pretraining: deepspeed, 2 CPU ranks, ZeRO-2 (resumes if a checkpoint exists)"
 $DS --num_gpus 2 launch/pretrain.py --config configs/demo.json --deepspeed_config ds_configs/zero2.json \
   --out $OUT/run --resume \
-  --set model.path=$OUT/swcm-init --set data.shards=$OUT/shards/train --set data.dev_shards=$OUT/shards/dev
+  --set model.path=$OUT/swcm-init --set data.shards=$OUT/shards/train --set data.dev_shards=$OUT/shards/dev \
+  $PRETRAIN_SET
 echo "== 5/10 export: newest checkpoint -> HF directory (safetensors, remote code), verified by reloading"
 $PY launch/convert_checkpoint.py to-hf --run $OUT/run --out $OUT/hf --overwrite
 echo "== 6/10 generation: zh -> bo with beam search from the exported directory"
@@ -48,10 +54,10 @@ $PY launch/generate.py --model $OUT/hf --src-lang zh --tgt-lang bo --num-beams 4
 TASKS=$OUT/tasks/ntrex_zh_bo
 if [ ! -f $TASKS.dev.jsonl ]; then
   echo "== 7/10 task files: NTREX zh -> bo train and dev pairs as JSONL"
-  for split in train dev; do
-    $PY launch/make_task_jsonl.py parallel --src $NTREX.$split.zh --tgt $NTREX.$split.bo --src-lang zh --tgt-lang bo \
-      --out $TASKS.$split.jsonl
-  done
+  $PY launch/make_task_jsonl.py parallel --src $NTREX.train.zh --tgt $NTREX.train.bo --src-lang zh --tgt-lang bo \
+    --out $TASKS.train.jsonl
+  $PY launch/make_task_jsonl.py parallel --src $NTREX.dev.zh --tgt $NTREX.dev.bo --src-lang zh --tgt-lang bo \
+    --out $TASKS.dev.jsonl --limit $DEV_PAIRS
 fi
 EVAL="--data $TASKS.dev.jsonl --beam 5 --max-new-tokens 128"
 mkdir -p $OUT/eval
@@ -63,7 +69,7 @@ if [ ! -f $OUT/ft/best.json ]; then
   echo "== 9/10 fine-tuning: deepspeed, 2 CPU ranks, ZeRO-2, on the train pairs (resumes if a checkpoint exists)"
   $DS --num_gpus 2 launch/finetune.py --config configs/finetune/ntrex_zh_bo.json \
     --deepspeed_config ds_configs/zero2.json --out $OUT/ft --resume \
-    --set model.path=$OUT/hf --set data.train=$TASKS.train.jsonl --set data.dev=$TASKS.dev.jsonl
+    --set model.path=$OUT/hf --set data.train=$TASKS.train.jsonl --set data.dev=$TASKS.dev.jsonl $FINETUNE_SET
 fi
 if [ ! -f $OUT/eval/after.scores.json ]; then
   echo "== 10/10 evaluate the fine-tuned model (its best dev checkpoint), paired bootstrap against step 8"

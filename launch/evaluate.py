@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from swcm.tasks import model_dir
-from swcm.tasks.jsonl import (DataError, check_same_inputs, prediction_lines, read_examples, read_predictions,
-                              write_atomic)
+from swcm.atomic_write import write_atomic
+from swcm.tasks.jsonl import DataError, check_same_inputs, prediction_lines, read_examples, read_predictions
 
 
 class InputError(ValueError):

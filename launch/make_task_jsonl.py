@@ -33,7 +33,8 @@ def main(argv=None) -> int:
         s.add_argument("--limit", type=int, default=0, help="keep the first N records (0 = all)")
     args = p.parse_args(argv)
 
-    from swcm.tasks.jsonl import DataError, write_atomic
+    from swcm.atomic_write import write_atomic
+    from swcm.tasks.jsonl import DataError
     from swcm.tasks.sources import parallel_records, records_text, squad_records
 
     try:

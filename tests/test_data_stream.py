@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_data import head_lines
 import torch
 
 from swcm.config import ConfigError
@@ -31,17 +32,12 @@ SLICES = {"bo": ("mono/bo.txt", 120), "kk": ("mono/kk.txt", 200), "ug": ("mono/u
 PARALLEL_LINES = 100
 
 
-def _head(src: Path, dst: Path, n: int) -> str:
-    dst.write_bytes(b"".join(src.read_bytes().splitlines(keepends=True)[:n]))
-    return str(dst)
-
-
 @pytest.fixture(scope="module")
 def shards(tokenizer, tmp_path_factory):
     raw = tmp_path_factory.mktemp("raw")
-    mono = [(lang, _head(DEMO / f, raw / f"{lang}.txt", n)) for lang, (f, n) in SLICES.items()]
-    parallel = [(a, "zh", _head(NTREX / f"ntrex128.train.{a}", raw / f"{a}-zh.{a}", PARALLEL_LINES),
-                 _head(NTREX / "ntrex128.train.zh", raw / f"{a}-zh.zh", PARALLEL_LINES)) for a in ("bo", "mn")]
+    mono = [(lang, head_lines(DEMO / f, raw / f"{lang}.txt", n)) for lang, (f, n) in SLICES.items()]
+    parallel = [(a, "zh", head_lines(NTREX / f"ntrex128.train.{a}", raw / f"{a}-zh.{a}", PARALLEL_LINES),
+                 head_lines(NTREX / "ntrex128.train.zh", raw / f"{a}-zh.zh", PARALLEL_LINES)) for a in ("bo", "mn")]
     out = tmp_path_factory.mktemp("shards") / "train"
     prepare(tokenizer.saved_dir, out, mono=mono, parallel=parallel, samples_per_shard=40, show_progress=False)
     return out
@@ -141,7 +137,7 @@ def test_epoch_covers_every_sample_once(shards, tokenizer, stored, world_size, w
 
 def test_fewer_shards_than_slots_splits_shards_and_still_covers(tokenizer, tmp_path, caplog):
     text = tmp_path / "zh.txt"
-    _head(DEMO / "mono/zh.txt", text, 30)
+    head_lines(DEMO / "mono/zh.txt", text, 30)
     out = tmp_path / "few"
     prepare(tokenizer.saved_dir, out, mono=[("zh", str(text))], samples_per_shard=20, show_progress=False)
     assert len(load_index(out)["shards"]) == 2

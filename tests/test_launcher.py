@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from argparse import Namespace
-from pathlib import Path
 
 import psutil
 import pytest

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from swcm.ablation.config import AblationConfig, RowConfig
 from swcm.ablation.runner import Command, Stage
-from swcm.tasks.jsonl import write_atomic
+from swcm.atomic_write import write_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from swcm.ablation.config import AblationConfig, RowConfig
 from swcm.ablation.plan import TARGETS, RunDirs, compare_dir, paired_seeds
-from swcm.tasks.jsonl import write_atomic
+from swcm.atomic_write import write_atomic
 from swcm.training.checkpointing import complete_checkpoints
 
 METRICS = (("chrf", "chrF"), ("rouge_l_f", "ROUGE-L F"))

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from swcm.atomic_write import write_atomic
 from swcm.config import ConfigError
 from swcm.seq2seq_layout import IGNORE_INDEX
 from swcm.training.finetune_task import FinetuneTask
@@ -263,12 +264,10 @@ class WarmStartFinetuneTask(_WarmStartModelHooks, FinetuneTask):
         return [f"lang_{code}" for code in self.lang_codes]
 
     def finish(self, trainer) -> None:
-        from swcm.training import checkpointing
-
         if trainer.rank != 0:
             return
         export_warm_start(self.out, self.out / "hf", trainer.tokenizer, step=self.best_step)
-        checkpointing.write_atomic(self.out / "best.json", json.dumps(
+        write_atomic(self.out / "best.json", json.dumps(
             {"step": self.best_step, "metric": self.cfg.eval.metric, "value": self.best_value}) + "\n")
 
 
@@ -282,7 +281,7 @@ def generate_file(model_dir: str | Path, data: str | Path, out: str | Path, *, b
     from transformers import EncoderDecoderModel
 
     from swcm.tasks.generation import generate
-    from swcm.tasks.jsonl import prediction_lines, read_examples, write_atomic
+    from swcm.tasks.jsonl import prediction_lines, read_examples
     from swcm.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)

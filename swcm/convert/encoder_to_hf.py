@@ -25,7 +25,6 @@ from swcm.convert.staging import staged_directory
 log = logging.getLogger(__name__)
 
 TASK = "mlm"   # MLMTask.name, as the trainer records it in RUN/config.json
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 VERIFY_TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 5e-2}
 
 
@@ -111,7 +110,7 @@ def export_encoder_to_hf(run_dir: str | Path, out_dir: str | Path, *, step: int 
     (atomically), verified unless `verify=False`; return out_dir. ConversionError on bad input, nothing written."""
     from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
 
-    from swcm.convert.to_hf import consolidated_state_dict
+    from swcm.convert.to_hf import DTYPES, load_checkpoint_into
     from swcm.tokenization import load_tokenizer
     from swcm.training.checkpointing import complete_checkpoints
 
@@ -132,14 +131,7 @@ def export_encoder_to_hf(run_dir: str | Path, out_dir: str | Path, *, step: int 
     info = json.loads((run_dir / "config.json").read_text())
     config = XLMRobertaConfig.from_pretrained(str(model_dir))
     tokenizer = load_tokenizer(model_dir)
-    state = consolidated_state_dict(run_dir, step)
-    model = XLMRobertaForMaskedLM(config)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ConversionError(f"{run_dir}: checkpoint of step {step} does not fit the run's model config: missing "
-                              f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
-    model.tie_weights()
-    model = model.to(DTYPES[dtype]).eval()
+    model = load_checkpoint_into(XLMRobertaForMaskedLM(config), run_dir, step, f"{run_dir} (step {step})", dtype)
 
     n_params = sum(p.numel() for p in model.parameters())
     with staged_directory(out_dir) as staging:

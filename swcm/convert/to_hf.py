@@ -78,6 +78,17 @@ def consolidated_state_dict(run_dir: str | Path, step: int | None = None) -> dic
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
+def load_checkpoint_into(model, run_dir: str | Path, step: int | None, where: str, dtype: str):
+    """`model` (built from the run's config) holding the weights of the run's checkpoint, tied, cast to `dtype`, in
+    eval mode. ConversionError names `where` when the checkpoint does not fit the model."""
+    result = model.load_state_dict(consolidated_state_dict(run_dir, step), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ConversionError(f"{where}: checkpoint does not fit the run's model config: missing "
+                              f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
+    model.tie_weights()
+    return model.to(DTYPES[dtype]).eval()
+
+
 def _model_card(run_dir: Path, step: int, info: dict, model, n_params: int, dtype: str, out_name: str,
                 license: str) -> str:
     """README.md of an export: metadata block, the training facts (pretraining or fine-tuning, from the run's config
@@ -185,14 +196,7 @@ def export_to_hf(run_dir: str | Path, out_dir: str | Path, *, step: int | None =
     config = SWCMConfig.from_pretrained(str(model_dir))
     tokenizer = load_tokenizer(model_dir)
     log.info("consolidating %s", ckpt)
-    state = consolidated_state_dict(run_dir, step)
-    model = SWCMForConditionalGeneration(config)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ConversionError(f"{ckpt}: checkpoint does not fit the run's model config: missing "
-                              f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
-    model.tie_weights()
-    model = model.to(DTYPES[dtype]).eval()
+    model = load_checkpoint_into(SWCMForConditionalGeneration(config), run_dir, step, str(ckpt), dtype)
     if forced_bos_token_id is not None:
         model.generation_config.forced_bos_token_id = forced_bos_token_id
 

@@ -30,8 +30,9 @@ from typing import Iterator
 import numpy as np
 import webdataset as wds
 
+from swcm.atomic_write import write_bytes_atomic
 from swcm.data import text as T
-from swcm.data.shards import (FORMAT, FORMAT_VERSION, INDEX_NAME, LENGTHS_NAME, DataError, atomic_write_bytes,
+from swcm.data.shards import (FORMAT, FORMAT_VERSION, INDEX_NAME, LENGTHS_NAME, DataError,
                               sha256_file)
 
 log = logging.getLogger(__name__)
@@ -329,7 +330,7 @@ class Preparer:
             lengths.update(writer.lengths)
         buf = io.BytesIO()
         np.savez(buf, **{Path(name).stem: arr for name, arr in lengths.items()})
-        atomic_write_bytes(self.out_dir / LENGTHS_NAME, buf.getvalue())
+        write_bytes_atomic(self.out_dir / LENGTHS_NAME, buf.getvalue())
         totals: dict[str, dict] = {"mono": {}, "parallel": {}}
         for stream, info in streams.items():
             totals[info["task"]]["-".join(info["langs"])] = {"samples": info["samples"], "tokens": info["tokens"]}
@@ -343,7 +344,7 @@ class Preparer:
             "streams": streams, "shards": shards, "totals": totals,
             "inputs": [r.to_dict() for r in self.reports], "args": args or [],
         }
-        atomic_write_bytes(self.out_dir / INDEX_NAME, json.dumps(index, indent=1, ensure_ascii=False).encode())
+        write_bytes_atomic(self.out_dir / INDEX_NAME, json.dumps(index, indent=1, ensure_ascii=False).encode())
         return index
 
 

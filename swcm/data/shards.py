@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -171,14 +170,3 @@ def _decode_sample(raw: dict[str, Any]) -> dict:
         return {"meta": meta, "ids": np.frombuffer(raw["ids.i32"], dtype="<i4")}
     return {"meta": meta, "src": np.frombuffer(raw["src.i32"], dtype="<i4"),
             "tgt": np.frombuffer(raw["tgt.i32"], dtype="<i4")}
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary name in the same directory, so readers never see a partial file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -17,8 +17,6 @@ have "prediction" (what `launch/evaluate.py --out` writes).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection, Iterator
@@ -156,17 +154,3 @@ def prediction_lines(examples: list[Example], predictions: list[str]) -> str:
     return "".join(json.dumps({"source": e.source, "target": e.target, "prediction": p, "src_lang": e.src_lang,
                                "tgt_lang": e.tgt_lang}, ensure_ascii=False) + "\n"
                    for e, p in zip(examples, predictions, strict=True))
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write `text` (UTF-8) to `path` through a temporary file in the same directory, renamed over `path` only
-    when complete: `path` is never half-written, and the temporary file is removed if writing fails."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

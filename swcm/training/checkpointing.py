@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import re
 import shutil
 import zipfile
@@ -25,6 +24,8 @@ import torch.distributed as dist
 from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
                                             UNIVERSAL_CHECKPOINT_VERSION_VALUE)
 
+from swcm.atomic_write import write_atomic
+
 log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
@@ -34,16 +35,6 @@ _TAG = re.compile(r"^step_(\d{8})$")
 
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see either the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from swcm.atomic_write import write_atomic
 from swcm.config import ConfigError, FinetuneRunConfig
 from swcm.training import checkpointing
 from swcm.training.seq2seq_task import Seq2SeqTask
@@ -106,7 +107,7 @@ class FinetuneTask(Seq2SeqTask):
         """Dev loss, and chrF / ROUGE-L / BLEU of beam-search outputs on the dev examples (collective); rank 0
         keeps the outputs in RUN/dev_predictions/step_N.jsonl."""
         from swcm.tasks.distributed_generation import generate_on_ranks
-        from swcm.tasks.jsonl import prediction_lines, write_atomic
+        from swcm.tasks.jsonl import prediction_lines
         from swcm.tasks.scores import score_predictions
 
         metrics = {}
@@ -164,7 +165,7 @@ class FinetuneTask(Seq2SeqTask):
         targets = {ex.tgt_lang for examples in self.train_examples for ex in examples}
         forced = trainer.tokenizer.convert_tokens_to_ids(f"<{targets.pop()}>") if len(targets) == 1 else None
         export_to_hf(self.out, self.out / "hf", step=step, overwrite=True, forced_bos_token_id=forced)
-        checkpointing.write_atomic(self.out / "best.json", json.dumps(
+        write_atomic(self.out / "best.json", json.dumps(
             {"step": step, "metric": self.cfg.eval.metric, "value": self.best_value}) + "\n")
         log.info("best checkpoint: step %s (%s %s), exported to %s", step, self.cfg.eval.metric, self.best_value,
                  self.out / "hf")

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from swcm.training.checkpointing import write_atomic
+from swcm.atomic_write import write_atomic
 
 
 class RunLog:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from swcm.atomic_write import write_atomic
 from swcm.config import ConfigError, RunConfig
 from swcm.modeling_swcm import resolve_attn_implementation
 from swcm.seq2seq_layout import scored
@@ -310,7 +311,7 @@ class Trainer:
         if self.rank != 0:
             return None
         self.out.mkdir(parents=True, exist_ok=True)
-        checkpointing.write_atomic(self.out / "config.json", json.dumps(
+        write_atomic(self.out / "config.json", json.dumps(
             {"run": self.cfg.to_dict(), "task": self.task.name, "deepspeed": self.ds_config,
              "world_size": self.world, "attention": self.attention}, indent=2))
         self.model_config.save_pretrained(str(self.out / "model"))
@@ -393,7 +394,7 @@ class Trainer:
                          self.out / "checkpoints" / checkpointing.tag_for(step))
         perf = self.out / "perf"
         perf.mkdir(parents=True, exist_ok=True)
-        checkpointing.write_atomic(perf / f"rank{self.rank}.json",
+        write_atomic(perf / f"rank{self.rank}.json",
                                    json.dumps({"peak_memory_gb": memory_gb(self.device)}))
         dist.barrier()
         release_shm_buffers()
