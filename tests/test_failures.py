@@ -307,12 +307,16 @@ def test_failed_first_run_leaves_no_out(tokenizer, texts, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-def test_interrupted_overwrite_keeps_the_previous_set(tokenizer, good_set):
+def test_interrupted_overwrite_keeps_the_previous_set(tokenizer, good_set, tmp_path):
     """Ctrl-C while the new set is being written (its temporary directory exists)."""
     before, siblings = _snapshot(good_set), sorted(good_set.parent.iterdir())
-    big = DEMO / "mono" / "bo.txt"   # 1.8 MB: seconds of tokenising
+    big = tmp_path / "bo.txt"   # the demo's Tibetan 6 times (11 MB): seconds of tokenising, on a fast machine too
+    big.write_bytes((DEMO / "mono" / "bo.txt").read_bytes() * 6)
+    # SIGINT at its default in the child, as a foreground program in a terminal has it (a job started in the
+    # background can inherit it ignored, which Python keeps).
     proc = subprocess.Popen([str(c) for c in _prepare_cmd(tokenizer, good_set, "--mono", f"bo={big}")], cwd=ROOT,
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not list(good_set.parent.glob(".good.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
