@@ -32,8 +32,7 @@ import webdataset as wds
 
 from swcm.atomic_write import write_bytes_atomic
 from swcm.data import text as T
-from swcm.data.shards import (FORMAT, FORMAT_VERSION, INDEX_NAME, LENGTHS_NAME, DataError,
-                              sha256_file)
+from swcm.data.shards import FORMAT, FORMAT_VERSION, INDEX_NAME, LENGTHS_NAME, DataError, sha256_file
 
 log = logging.getLogger(__name__)
 
