@@ -42,17 +42,13 @@ def read_texts(path: str) -> list[str]:
 
 
 def check_model_dir(path: str) -> None:
-    """UsageError unless `path` is a directory with the config.json of an SWCM model (convert_checkpoint.py)."""
-    config = Path(path) / "config.json"
-    if not Path(path).is_dir():
-        raise UsageError(f"--model {path}: directory not found (expected an HF directory from convert_checkpoint.py)")
+    """UsageError unless `path` is an SWCM directory (from convert_checkpoint.py or an export)."""
+    from swcm.tasks.model_dir import ModelDirError, lang_codes
+
     try:
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError) as e:
-        raise UsageError(f"--model {path}: no readable config.json, not an exported SWCM directory ({e})") from None
-    if model_type != "swcm":
-        raise UsageError(f"--model {path}: config.json has model_type {model_type!r}, expected 'swcm' "
-                         f"(an HF directory from convert_checkpoint.py)")
+        lang_codes(path)
+    except ModelDirError as e:
+        raise UsageError(f"--model {path}: {e} (expected an HF directory from convert_checkpoint.py)") from None
 
 
 def generate(args) -> None:

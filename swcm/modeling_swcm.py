@@ -61,7 +61,11 @@ class SWCMConfig(PreTrainedConfig):
     """Hyper-parameters of an XLM-SWCM model. The encoder fields are XLM-R's (same names and meaning); the rest
     describe the decoder, the head and the language tags. `decoder_layers` and `layer_pattern` are derived."""
 
-    model_type = "swcm"
+    # The encoder is XLM-R's, and saying so is what lets `AutoTokenizer.from_pretrained(DIR)` load the stock XLM-R
+    # tokenizer without asking about remote code: transformers 5 reads the model config first, and only a
+    # model_type it knows keeps it from asking. The model itself still comes from this file through auto_map
+    # (`trust_remote_code=True`); swcm tells its directories apart by that auto_map (swcm/hf_dir.py).
+    model_type = "xlm-roberta"
     keys_to_ignore_at_inference = ["past_key_values"]
 
     # Encoder (XLM-R base values as defaults).

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from without_swcm import run_without_swcm_in_a_terminal
 
 pytestmark = pytest.mark.distributed
 
@@ -109,3 +110,10 @@ def test_demo_runs_end_to_end_and_learns(tmp_path):
         assert card.startswith("---\nlanguage:\n") and "pipeline_tag: text-generation" in card
         assert f"MODEL = {model_dir.name!r}" in card
     assert "forces `<bo>` after `<s>`" in (out / "ft" / "hf" / "README.md").read_text(encoding="utf-8")
+    # to-hf's export, like from-encoder's (tests/test_model_card.py): its tokenizer loads by AutoTokenizer in a
+    # terminal, swcm not installed, with no question about remote code.
+    export = str(out / "ft" / "hf")
+    script = f"from transformers import AutoTokenizer\nprint(len(AutoTokenizer.from_pretrained({export!r})))\n"
+    status, output = run_without_swcm_in_a_terminal(script, tmp_path)
+    vocab = json.loads((out / "ft" / "hf" / "config.json").read_text())["vocab_size"]
+    assert status == 0 and output.strip().splitlines()[-1] == str(vocab) and "custom code" not in output, output

@@ -187,8 +187,8 @@ def test_bad_files_and_arguments_give_one_error_line(model_dir, tiny_xlmr_dir, d
         (["--model", model_dir, "--data", tmp_path / "no.jsonl"], f"error: {tmp_path / 'no.jsonl'}: file not found"),
         (["--model", model_dir, "--data", data_file, "--beam", "0"], "error: --beam: expected at least 1, got 0"),
         (["--model", tmp_path / "no-model", "--data", data_file], f"error: {tmp_path / 'no-model'}: model directory"),
-        (["--model", tiny_xlmr_dir, "--data", data_file], f"error: {tiny_xlmr_dir / 'config.json'}: model_type is "
-                                                          "'xlm-roberta', expected 'swcm'"),
+        (["--model", tiny_xlmr_dir, "--data", data_file], f"error: {tiny_xlmr_dir / 'config.json'}: not an SWCM "
+                                                          "model directory (model_type is 'xlm-roberta'"),
         (["--model", tmp_path, "--data", data_file], f"error: {tmp_path / 'config.json'}: not found"),
     ]
     for args, prefix in cases:

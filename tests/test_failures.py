@@ -405,7 +405,7 @@ def test_generate_bad_input_is_one_error_line(model_dir, tokenizer, tiny_xlmr_di
         expect = [f"--model {model}", "config.json"]
     else:   # the encoder, not the SWCM model made from it
         model = tiny_xlmr_dir
-        expect = [f"--model {model}", "'xlm-roberta'", "expected 'swcm'"]
+        expect = [f"--model {model}", "not an SWCM model directory", "'xlm-roberta'"]
     proc = _generate(model, *args)
     _one_error(proc, *expect)
     assert proc.stdout == ""

@@ -62,7 +62,7 @@ def test_bad_train_lines_are_named_by_file_and_line(case, swcm_dir, tmp_path, ca
 def test_bad_model_sources_fail_before_any_work(case, swcm_dir, tiny_xlmr_dir, tmp_path, capsys):
     overrides = []
     if case == "xlmr_dir":
-        model, expected = {"path": str(tiny_xlmr_dir)}, "model_type is 'xlm-roberta', expected 'swcm'"
+        model, expected = {"path": str(tiny_xlmr_dir)}, "not an SWCM model directory (model_type is 'xlm-roberta'"
     elif case == "no_checkpoint_run":
         (tmp_path / "pre" / "checkpoints" / "step_00000004").mkdir(parents=True)   # a save that never completed
         model, expected = {"init_run": str(tmp_path / "pre")}, "has no complete checkpoint"

@@ -3,12 +3,13 @@ the licence given on the command line, and a fine-tuning snippet that runs as wr
 (README "Fine-tune an export with Hugging Face tools")."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
-from without_swcm import run_without_swcm
+from without_swcm import run_without_swcm, run_without_swcm_in_a_terminal
 
 from swcm.convert.from_encoder import convert_from_encoder
 from swcm.convert import to_hf
@@ -81,7 +82,6 @@ def test_to_hf_card_has_the_same_metadata_and_snippet(initialised, tmp_path):
     assert snippet(out) == snippet(initialised).replace("'swcm-init'", "'hf'")
 
 
-@pytest.mark.slow
 @pytest.mark.slow   # trains in a fresh interpreter
 def test_card_snippet_fine_tunes_without_swcm(initialised, tmp_path):
     """The snippet, extracted from the card and run unchanged in a process that cannot import swcm, on the 48
@@ -100,3 +100,30 @@ def test_card_snippet_fine_tunes_without_swcm(initialised, tmp_path):
     losses = json.loads((tmp_path / "losses.json").read_text())
     assert len(losses) == 3 and losses[0] > losses[1] > losses[2], losses
     assert (tmp_path / "swcm-init-finetuned" / "model.safetensors").is_file()
+
+
+TOKENIZER_ONLY = """
+from transformers import AutoTokenizer
+tok = AutoTokenizer.from_pretrained({path!r})
+print("loaded", type(tok).__name__, len(tok), tok.convert_tokens_to_ids("<bo>"))
+"""
+PROMPT = "Do you wish to run the custom code"
+
+
+@pytest.mark.parametrize("config", ["as exported", pytest.param("model_type swcm", marks=pytest.mark.slow)])
+def test_autotokenizer_loads_an_export_in_a_terminal_without_asking(config, initialised, tmp_path):
+    """In an interactive terminal (a pseudo-terminal, nothing typed) where swcm is not installed,
+    `AutoTokenizer.from_pretrained` loads the export's tokenizer at once, with its language tags. The control: the
+    same directory with the model_type swcm had before (a type transformers does not know, while auto_map names
+    custom code) makes transformers ask, and the check sees the question."""
+    model = tmp_path / "model"
+    shutil.copytree(initialised, model)
+    if config == "model_type swcm":
+        fields = json.loads((model / "config.json").read_text())
+        (model / "config.json").write_text(json.dumps({**fields, "model_type": "swcm"}))
+    status, output = run_without_swcm_in_a_terminal(TOKENIZER_ONLY.format(path=str(model)), tmp_path)
+    fields = json.loads((initialised / "config.json").read_text())
+    assert status == 0, output[-3000:]
+    assert f"loaded XLMRobertaTokenizer {fields['vocab_size']} {fields['lang_token_ids']['bo']}" in output, \
+        output[-3000:]
+    assert (PROMPT in output) == (config == "model_type swcm"), output[-3000:]

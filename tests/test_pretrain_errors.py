@@ -36,15 +36,19 @@ CASES = {
     "zero steps": (["--max-steps", "0"], "train.max_steps: expected >= 1, got 0"),
     "out is a file": (["--out", "{file}"], "is a file, expected a run directory"),
     "out not writable": (["--out", "/proc/swcm-run"], "--out /proc/swcm-run: cannot write in /proc"),
+    "model is the encoder": (["--set", "model.path={xlmr}"], "model.path: {xlmr}/config.json: not an SWCM model"),
+    "no model": (["--set", "model.path={tmp}/none"], "model.path: {tmp}/none: model directory not found"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_refused_before_any_work(setup, case, tmp_path, capsys):
+def test_refused_before_any_work(setup, case, tiny_xlmr_dir, tmp_path, capsys):
     root, config = setup
     extra, expected = CASES[case]
     (tmp_path / "a_file").write_text("x")
-    extra = [a.replace("{file}", str(tmp_path / "a_file")) for a in extra]
+    paths = {"{file}": str(tmp_path / "a_file"), "{xlmr}": str(tiny_xlmr_dir), "{tmp}": str(tmp_path)}
+    for key, value in paths.items():
+        extra, expected = [a.replace(key, value) for a in extra], expected.replace(key, value)
     out = ["--out", str(tmp_path / "run")] if "--out" not in extra else []
     code = pretrain.main(["--config", str(config), "--deepspeed_config", str(ROOT / "ds_configs" / "zero0.json"),
                           *out, *extra])

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from swcm.atomic_write import write_atomic
 from swcm.config import ConfigError
+from swcm.hf_dir import dir_kind
 from swcm.seq2seq_layout import IGNORE_INDEX
 from swcm.training.finetune_task import FinetuneTask
 from swcm.training.pretrain_task import TASKS, PretrainTask
@@ -37,13 +38,6 @@ log = logging.getLogger(__name__)
 ENCODER_DECODER = "encoder-decoder"   # model_type of an EncoderDecoderModel directory
 
 
-def _model_type(path: Path) -> str | None:
-    try:
-        return json.loads((path / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def load_warm_start(path: str | Path, tokenizer, *, seed: int, attn_implementation: str = "sdpa"):
     """The `EncoderDecoderModel` of `path`: an exported one as it is, or a fresh warm start from the XLM-R directory
     `path` (encoder and decoder both copies of it; the decoder's cross-attention random, seeded by `seed`). The
@@ -51,7 +45,7 @@ def load_warm_start(path: str | Path, tokenizer, *, seed: int, attn_implementati
     from transformers import EncoderDecoderModel
 
     path = Path(path)
-    if _model_type(path) == ENCODER_DECODER:
+    if dir_kind(path) == ENCODER_DECODER:
         model = EncoderDecoderModel.from_pretrained(str(path), dtype=torch.float32,
                                                     attn_implementation=attn_implementation)
     else:
@@ -184,7 +178,7 @@ class _WarmStartModelHooks:
         """An exported warm start's own directory; for a fresh one, a temporary directory with the
         EncoderDecoderConfig `load_warm_start` makes and the tokenizer (what a resumed checkpoint must match)."""
         path = self.model_path()
-        if _model_type(path) == ENCODER_DECODER:
+        if dir_kind(path) == ENCODER_DECODER:
             return path
         if getattr(self, "_config_dir", None) is None:
             from transformers import EncoderDecoderConfig, XLMRobertaConfig
@@ -199,9 +193,10 @@ class _WarmStartModelHooks:
     def _check_model_dir(self, path: Path, key: str):
         from swcm.tokenization import load_tokenizer
 
-        if _model_type(path) not in ("xlm-roberta", ENCODER_DECODER):
+        if dir_kind(path) not in ("xlm-roberta", ENCODER_DECODER):
             raise ConfigError(f"{key}: {path} is neither an XLM-R encoder directory nor an exported warm start "
-                              "(config.json's model_type must be xlm-roberta or encoder-decoder)")
+                              "(config.json's model_type must be xlm-roberta or encoder-decoder, and not an SWCM "
+                              "model's)")
         self.tokenizer = load_tokenizer(path)
         self.lang_codes = _lang_codes(self.tokenizer)
         if not self.lang_codes:
@@ -306,7 +301,7 @@ def _generate_command(argv) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-len", type=int, default=256)
     args = p.parse_args(argv)
-    if _model_type(Path(args.model)) != ENCODER_DECODER:
+    if dir_kind(Path(args.model)) != ENCODER_DECODER:
         print(f"error: --model {args.model}: not an EncoderDecoderModel directory", file=sys.stderr)
         return 2
     try:

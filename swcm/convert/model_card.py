@@ -25,6 +25,16 @@ they were trained on, each under its own terms; swcm cannot know them. `license:
 `convert_checkpoint.py --license` (default `other`, as in `launch/finetune.py`'s export): check the encoder's and
 the data's terms before you publish."""
 
+LOADING = """\
+## Loading
+
+The model is `modeling_swcm.py` in this directory: `AutoModelForSeq2SeqLM.from_pretrained(DIR,
+trust_remote_code=True)`. The tokenizer is the stock XLM-R one: `AutoTokenizer.from_pretrained(DIR)`, no flag,
+no question. `config.json` says `model_type: xlm-roberta` because the encoder is XLM-R's, and a model type that
+transformers knows is what lets its tokenizer load without remote code; the model itself is an encoder-decoder,
+so load it with `AutoModelForSeq2SeqLM`: `AutoModel.from_pretrained(DIR)` gives a randomly initialised
+`XLMRobertaModel` (transformers lists every weight as missing)."""
+
 CONVENTION = """\
 ## Inputs, labels and generation
 
@@ -52,8 +62,8 @@ MODEL = {model!r}  # this directory (or its Hub id once uploaded)
 TRAIN = "train.jsonl"  # one {{"source": ..., "target": ..., "src_lang": "zh", "tgt_lang": "bo"}} per line
 OUT = MODEL + "-finetuned"
 
-tok = AutoTokenizer.from_pretrained(MODEL, trust_remote_code=True)  # XLM-R's; the flag only avoids a question
-model = AutoModelForSeq2SeqLM.from_pretrained(MODEL, trust_remote_code=True)
+tok = AutoTokenizer.from_pretrained(MODEL)  # the stock XLM-R tokenizer: no remote code
+model = AutoModelForSeq2SeqLM.from_pretrained(MODEL, trust_remote_code=True)  # modeling_swcm.py, in this directory
 
 
 def features(ex):
@@ -100,8 +110,8 @@ def front_matter(lang_codes, license: str) -> str:
 
 
 def usage_sections(model_dir_name: str, license: str) -> str:
-    """The convention, the fine-tuning snippet (loading the model as `model_dir_name`, relative to the directory
+    """How to load the model, the convention, the fine-tuning snippet (loading the model as `model_dir_name`, relative to the directory
     that holds it) and the licence note, as Markdown."""
     snippet = SNIPPET.format(model=model_dir_name)
-    return f"{CONVENTION}\n\n## Fine-tune\n\n{snippet}\n\n{LICENSE_NOTE.format(license=license)}\n"
+    return f"{LOADING}\n\n{CONVENTION}\n\n## Fine-tune\n\n{snippet}\n\n{LICENSE_NOTE.format(license=license)}\n"
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from swcm.hf_dir import SWCM, SWCM_CONFIG_CLASS, config_kind
+
 
 class ModelDirError(ValueError):
     """A directory that is not a usable SWCM model; the message names the directory or file."""
@@ -12,7 +14,7 @@ class ModelDirError(ValueError):
 
 def lang_codes(model_dir: str | Path) -> list[str]:
     """The language codes of the SWCM directory `model_dir`, from its config.json. Raises ModelDirError for a
-    missing directory or config, or a config whose model_type is not "swcm"."""
+    missing directory or config, or the config of a model that is not SWCM (swcm/hf_dir.py)."""
     model_dir = Path(model_dir)
     config = model_dir / "config.json"
     if not model_dir.is_dir():
@@ -23,9 +25,10 @@ def lang_codes(model_dir: str | Path) -> list[str]:
         raise ModelDirError(f"{config}: not found (not an SWCM model directory)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelDirError(f"{config}: cannot read the model config ({e})") from None
-    found = fields.get("model_type") if isinstance(fields, dict) else None
-    if found != "swcm":
-        raise ModelDirError(f"{config}: model_type is {found!r}, expected 'swcm' (not an SWCM model directory)")
+    if config_kind(fields) != SWCM:
+        found = fields.get("model_type") if isinstance(fields, dict) else None
+        raise ModelDirError(f"{config}: not an SWCM model directory (model_type is {found!r} and auto_map names "
+                            f"no {SWCM_CONFIG_CLASS})")
     codes = fields.get("lang_codes")
     if not isinstance(codes, list) or not codes or not all(isinstance(c, str) for c in codes):
         raise ModelDirError(f"{config}: lang_codes must be a non-empty list of language codes")

@@ -26,12 +26,15 @@ class PretrainTask(Seq2SeqTask):
         """Check the model directory and the shard sets against the model's tokenizer (before any process group);
         return the tokenizer."""
         from swcm.data.shards import check_shards
+        from swcm.tasks.model_dir import ModelDirError, lang_codes
         from swcm.tokenization import load_tokenizer
 
         model_dir = self.model_path()
-        if not (model_dir / "config.json").is_file():
-            raise ConfigError(f"model.path: {model_dir} is not a model directory (no config.json); create one "
-                              "with `launch/convert_checkpoint.py from-encoder`")
+        try:
+            lang_codes(model_dir)
+        except ModelDirError as e:
+            raise ConfigError(f"model.path: {e}; create one with `launch/convert_checkpoint.py from-encoder`") \
+                from None
         if not self.cfg.data.shards:
             raise ConfigError("data.shards: no shard directory given")
         tokenizer = load_tokenizer(model_dir)

@@ -18,13 +18,15 @@ from pathlib import Path
 import torch.distributed as dist
 
 from swcm.config import ConfigError
+from swcm.hf_dir import config_kind
 from swcm.training import checkpointing
 from swcm.training.ds_config import global_batch_size, micro_batch_size
 
 log = logging.getLogger(__name__)
 
-# Config fields that decide the shape of the model's parameters (and so what a checkpoint can load into).
-SHAPE_FIELDS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+# Config fields that decide the shape of the model's parameters (and so what a checkpoint can load into), besides
+# the kind of model (swcm/hf_dir.py: an SWCM model and its XLM-R encoder share a model_type).
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                 "intermediate_size", "max_position_embeddings", "type_vocab_size", "decoder_layers",
                 "normal_layer_every", "tie_word_embeddings", "lang_codes")
 
@@ -128,8 +130,9 @@ def check_compatible(source: Source, model_dir: Path, tokenizer) -> None:
     """ConfigError unless the checkpoint holds this model's parameters and was trained with this tokenizer."""
     from swcm.tokenization import load_tokenizer, tokenizer_fingerprint
 
-    mine, theirs = (json.loads((d / "config.json").read_text()) for d in (model_dir, source.model_dir))
-    diffs = [f"{k}: checkpoint {theirs.get(k)!r}, model {mine.get(k)!r}" for k in SHAPE_FIELDS
+    mine, theirs = ({"kind": config_kind(fields), **fields} for fields in
+                    (json.loads((d / "config.json").read_text()) for d in (model_dir, source.model_dir)))
+    diffs = [f"{k}: checkpoint {theirs.get(k)!r}, model {mine.get(k)!r}" for k in ("kind", *SHAPE_FIELDS)
              if theirs.get(k) != mine.get(k)]
     if diffs:
         raise ConfigError(f"{source.model_dir}: the checkpoint is of another model ({'; '.join(diffs)})")
