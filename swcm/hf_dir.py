@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 SWCM = "swcm"
+XLMR = "xlm-roberta"
 SWCM_CONFIG_CLASS = "modeling_swcm.SWCMConfig"   # auto_map["AutoConfig"] of every SWCM directory
 
 
@@ -19,13 +20,22 @@ def config_kind(fields) -> str | None:
     config's model_type ("xlm-roberta", "encoder-decoder", ...), or None when it has none."""
     if not isinstance(fields, dict):
         return None
-    auto_map = fields.get("auto_map")
+    model_type, auto_map = fields.get("model_type"), fields.get("auto_map")
     auto_config = auto_map.get("AutoConfig") if isinstance(auto_map, dict) else None
-    if fields.get("model_type") == SWCM or (isinstance(auto_config, str) and
-                                            auto_config.split("--")[-1] == SWCM_CONFIG_CLASS):
+    if model_type == SWCM or (isinstance(auto_config, str) and auto_config.split("--")[-1] == SWCM_CONFIG_CLASS):
         return SWCM
-    model_type = fields.get("model_type")
     return model_type if isinstance(model_type, str) else None
+
+
+def not_an_encoder(fields) -> str | None:
+    """Why config.json fields are not those of a plain XLM-R encoder (an SWCM model, another model type), or None
+    when they are."""
+    kind = config_kind(fields)
+    if kind == XLMR:
+        return None
+    if kind == SWCM:
+        return "an SWCM model, not an XLM-R encoder"
+    return f"model_type is {kind!r}, expected {XLMR!r}"
 
 
 def dir_kind(path: str | Path) -> str | None:

@@ -46,5 +46,5 @@ def test_dir_kind_of_unreadable_configs(tmp_path):
 
 
 def test_from_encoder_refuses_an_swcm_directory(export):
-    with pytest.raises(ConversionError, match="an SWCM model, not an encoder"):
+    with pytest.raises(ConversionError, match="an SWCM model, not an XLM-R encoder"):
         read_encoder_config(export)

@@ -98,7 +98,8 @@ def test_masking_rates_are_checked():
 def shards(tokenizer, tmp_path_factory):
     """Demo text (mono bo/kk/ug/zh, NTREX zh-bo pairs) as shards tokenised with the tagged demo tokenizer."""
     raw = tmp_path_factory.mktemp("raw")
-    mono = [(lang, head_lines(DEMO / f"mono/{lang}.txt", raw / f"{lang}.txt", 400)) for lang in ("bo", "kk", "ug", "zh")]
+    mono = [(lang, head_lines(DEMO / f"mono/{lang}.txt", raw / f"{lang}.txt", 400))
+            for lang in ("bo", "kk", "ug", "zh")]
     ntrex = DEMO / "parallel" / "ntrex128" / "ntrex128.train"
     parallel = [("zh", "bo", head_lines(Path(f"{ntrex}.zh"), raw / "p.zh", 100),
                  head_lines(Path(f"{ntrex}.bo"), raw / "p.bo", 100))]
@@ -242,8 +243,8 @@ def _mlm(tmp, shards, out, *, ranks=2, steps=40, extra=(), model=None, launcher=
                         "save_every": 4, "keep_last": 3, "dev_every": 0, "seed": 3}}
     path = tmp / f"{Path(out).name}.json"
     path.write_text(json.dumps(config))
-    return _run([*launcher, "--num_gpus", ranks, "--master_port", _free_port(), "launch/pretrain_encoder.py", "--config",
-                 path, "--deepspeed_config", ROOT / "ds_configs" / "zero0.json", "--out", out, *extra])
+    return _run([*launcher, "--num_gpus", ranks, "--master_port", _free_port(), "launch/pretrain_encoder.py",
+                 "--config", path, "--deepspeed_config", ROOT / "ds_configs" / "zero0.json", "--out", out, *extra])
 
 
 def _losses(run) -> dict[int, float]:
@@ -310,8 +311,9 @@ def test_mlm_resume_reproduces_the_uninterrupted_losses(demo_shards, tmp_path):
     _mlm(tmp_path, demo_shards, whole, ranks=1, steps=16)
     config = tmp_path / "parts.json"
     config.write_text((tmp_path / "whole.json").read_text())
-    proc = subprocess.Popen([*SWCM_LAUNCH, "--num_gpus", "1", "--master_port", str(_free_port()), "launch/pretrain_encoder.py",
-                             "--config", str(config), "--deepspeed_config", str(ROOT / "ds_configs" / "zero0.json"),
+    proc = subprocess.Popen([*SWCM_LAUNCH, "--num_gpus", "1", "--master_port", str(_free_port()),
+                             "launch/pretrain_encoder.py", "--config", str(config),
+                             "--deepspeed_config", str(ROOT / "ds_configs" / "zero0.json"),
                              "--out", str(parts)], cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from swcm.atomic_write import write_atomic
 from swcm.config import ConfigError
-from swcm.hf_dir import dir_kind
+from swcm.hf_dir import XLMR, dir_kind
 from swcm.seq2seq_layout import IGNORE_INDEX
 from swcm.training.finetune_task import FinetuneTask
 from swcm.training.pretrain_task import TASKS, PretrainTask
@@ -193,7 +193,7 @@ class _WarmStartModelHooks:
     def _check_model_dir(self, path: Path, key: str):
         from swcm.tokenization import load_tokenizer
 
-        if dir_kind(path) not in ("xlm-roberta", ENCODER_DECODER):
+        if dir_kind(path) not in (XLMR, ENCODER_DECODER):
             raise ConfigError(f"{key}: {path} is neither an XLM-R encoder directory nor an exported warm start "
                               "(config.json's model_type must be xlm-roberta or encoder-decoder, and not an SWCM "
                               "model's)")

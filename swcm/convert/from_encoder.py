@@ -19,7 +19,7 @@ import torch
 from swcm.convert import ConversionError
 from swcm.convert.staging import staged_directory
 from swcm.convert.model_card import DEFAULT_LICENSE, check_license, front_matter, usage_sections
-from swcm.hf_dir import SWCM, config_kind
+from swcm.hf_dir import not_an_encoder
 from swcm.modeling_swcm import SWCMConfig, SWCMForConditionalGeneration
 from swcm.tokenization import DEFAULT_LANG_CODES, add_language_tags, lang_tag
 
@@ -74,12 +74,9 @@ def read_encoder_config(encoder_dir: Path) -> dict:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConversionError(f"{path} is not valid JSON ({e})") from None
-    if config_kind(config) == SWCM:
-        raise ConversionError(f"{path}: an SWCM model, not an encoder (from-encoder takes the XLM-R / CINO encoder "
-                              f"an SWCM model is built from)")
-    if config.get("model_type") != "xlm-roberta":
-        raise ConversionError(f"{path}: model_type is {config.get('model_type')!r}, expected 'xlm-roberta' "
-                              f"(an XLM-R / CINO encoder)")
+    problem = not_an_encoder(config)
+    if problem:
+        raise ConversionError(f"{path}: {problem} (from-encoder takes an XLM-R / CINO encoder)")
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise ConversionError(f"{path}: position_embedding_type is {config['position_embedding_type']!r}, "
                               f"expected 'absolute'")

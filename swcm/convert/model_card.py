@@ -110,8 +110,8 @@ def front_matter(lang_codes, license: str) -> str:
 
 
 def usage_sections(model_dir_name: str, license: str) -> str:
-    """How to load the model, the convention, the fine-tuning snippet (loading the model as `model_dir_name`, relative to the directory
-    that holds it) and the licence note, as Markdown."""
+    """How to load the model, the convention, the fine-tuning snippet (loading the model as `model_dir_name`,
+    relative to the directory that holds it) and the licence note, as Markdown."""
     snippet = SNIPPET.format(model=model_dir_name)
     return f"{LOADING}\n\n{CONVENTION}\n\n## Fine-tune\n\n{snippet}\n\n{LICENSE_NOTE.format(license=license)}\n"
 

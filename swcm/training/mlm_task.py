@@ -28,7 +28,7 @@ from swcm.config import TrainConfig
 from swcm.config_checks import Checked, ConfigError, bounded
 from swcm.convert.staging import staged_directory
 from swcm.data.config import DataConfig
-from swcm.hf_dir import SWCM, config_kind
+from swcm.hf_dir import not_an_encoder
 from swcm.seq2seq_layout import IGNORE_INDEX
 from swcm.tokenization import DEFAULT_LANG_CODES, add_language_tags
 from swcm.training.task import Task
@@ -205,11 +205,9 @@ class MLMTask(Task):
             config = json.loads((path / "config.json").read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"model.path: {path / 'config.json'}: cannot read an XLM-R config ({e})") from None
-        if config_kind(config) == SWCM:
-            raise ConfigError(f"model.path: {path / 'config.json'}: an SWCM model, expected an XLM-R encoder")
-        if config.get("model_type") != "xlm-roberta":
-            raise ConfigError(f"model.path: {path / 'config.json'}: model_type is {config.get('model_type')!r}, "
-                              "expected 'xlm-roberta'")
+        problem = not_an_encoder(config)
+        if problem:
+            raise ConfigError(f"model.path: {path / 'config.json'}: {problem}")
         tokenizer = load_tokenizer(path)
         if len(tokenizer) != config.get("vocab_size"):
             raise ConfigError(f"model.path: {path}: the tokenizer has {len(tokenizer)} tokens, config.json's "

@@ -130,7 +130,7 @@ def check_compatible(source: Source, model_dir: Path, tokenizer) -> None:
     """ConfigError unless the checkpoint holds this model's parameters and was trained with this tokenizer."""
     from swcm.tokenization import load_tokenizer, tokenizer_fingerprint
 
-    mine, theirs = ({"kind": config_kind(fields), **fields} for fields in
+    mine, theirs = ({**fields, "kind": config_kind(fields)} for fields in
                     (json.loads((d / "config.json").read_text()) for d in (model_dir, source.model_dir)))
     diffs = [f"{k}: checkpoint {theirs.get(k)!r}, model {mine.get(k)!r}" for k in ("kind", *SHAPE_FIELDS)
              if theirs.get(k) != mine.get(k)]

@@ -394,7 +394,6 @@ class Trainer:
                          self.out / "checkpoints" / checkpointing.tag_for(step))
         perf = self.out / "perf"
         perf.mkdir(parents=True, exist_ok=True)
-        write_atomic(perf / f"rank{self.rank}.json",
-                                   json.dumps({"peak_memory_gb": memory_gb(self.device)}))
+        write_atomic(perf / f"rank{self.rank}.json", json.dumps({"peak_memory_gb": memory_gb(self.device)}))
         dist.barrier()
         release_shm_buffers()
