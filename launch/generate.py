@@ -5,13 +5,16 @@
     python launch/generate.py --model DIR --src-lang zh --tgt-lang bo --input FILE   # one text per line
 
 Bad input (a setting out of range, an --input that is unreadable or not UTF-8, a --model that is not an exported
-SWCM directory, an unknown language) ends with one `error: ...` line on stderr and exit status 2.
+SWCM directory, an unknown language) ends with one `error: ...` line on stderr and exit status 2. A reader that
+goes away (`| head -1`) ends it quietly with status 141, as SIGPIPE ends `yes | head`.
 """
 
 import argparse
 import json
 import sys
 from pathlib import Path
+
+from swcm.closed_pipe import closed_pipe_status
 
 
 class UsageError(Exception):
@@ -101,9 +104,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         generate(args)
+        sys.stdout.flush()
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return closed_pipe_status()
     return 0
 
 

@@ -19,8 +19,6 @@ status 2; a reader that goes away (`| head -1`) ends it quietly with status 141,
 import argparse
 import json
 import logging
-import os
-import signal
 import sys
 from pathlib import Path
 
@@ -52,6 +50,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from swcm.closed_pipe import closed_pipe_status
     from swcm.config import ConfigError, load_config
     from swcm.data.shards import DataError, load_index
     from swcm.data.stream import PretrainStream, load_state, save_state
@@ -83,10 +82,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:
-        # Whatever is still buffered cannot be written either: point stdout at /dev/null so that the flush at
-        # interpreter exit does not report the broken pipe a second time.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 128 + signal.SIGPIPE
+        return closed_pipe_status()
     return 0
 
 

@@ -382,6 +382,19 @@ def _generate(model, *args) -> subprocess.CompletedProcess:
                 "--max-new-tokens", "2", *args)
 
 
+def test_generate_into_head_ends_quietly(model_dir, tmp_path):
+    """`generate.py --input FILE | head -1` with far more output than a pipe holds: the first line arrives whole,
+    generate.py ends with status 141 (as SIGPIPE ends `yes | head`), no traceback."""
+    (tmp_path / "in.txt").write_text("".join(f"你好世界{i}\n" for i in range(3000)), encoding="utf-8")
+    cmd = " ".join(map(str, [PY, ROOT / "launch/generate.py", "--model", model_dir, "--src-lang", "zh", "--tgt-lang",
+                             "bo", "--max-new-tokens", "2", "--num-beams", "1", "--input", tmp_path / "in.txt"]))
+    proc = subprocess.run(["bash", "-c", f'{cmd} | head -1; echo "generate status ${{PIPESTATUS[0]}}" >&2'],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert json.loads(proc.stdout)["source"] == "你好世界0"
+    assert "generate status 141" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr[-3000:]
+
+
 @pytest.mark.parametrize("case", ["beams_0", "beams_negative", "input_not_utf8", "input_empty", "input_missing",
                                   "model_missing", "model_without_config", "model_of_another_type"])
 def test_generate_bad_input_is_one_error_line(model_dir, tokenizer, tiny_xlmr_dir, tmp_path, case):
