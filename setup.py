@@ -4,7 +4,11 @@ setup(
     name="swcm",
     version="0.1.0",
     description="XLM-SWCM shared-weight encoder-decoder pretraining for extremely low-resource languages",
-    packages=find_packages(include=["swcm", "swcm.*", "kernels", "kernels.*"]),
+    # The Triton kernels live in the top-level folder kernels/ but install under an import name of our own:
+    # `kernels` is Hugging Face's package (a dependency of transformers >= 5.25), and the folder has no
+    # __init__.py, so at the repository root it cannot shadow theirs either.
+    packages=find_packages(include=["swcm", "swcm.*"]) + ["swcm_kernels"],
+    package_dir={"swcm_kernels": "kernels"},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

@@ -196,7 +196,8 @@ def test_zero_stages_give_the_same_losses_and_weights(reference_runs):
     ref = losses(reference_runs["zero0"])
     assert sorted(ref) == list(range(1, STEPS + 1))
     # attn_implementation "auto" resolves to SDPA on CPU tensors, and the run records what it resolved to
-    assert json.loads((reference_runs["zero0"] / "config.json").read_text())["attention"] == "sdpa"
+    run_config = json.loads((reference_runs["zero0"] / "config.json").read_text())
+    assert run_config["attention"] == "sdpa" and run_config["lm_head"] == "fused-torch"
     assert "attention auto -> sdpa (cpu tensors)" in _log_path(reference_runs["zero0"]).read_text()
     assert ref[STEPS] < ref[1], "the demo model should learn in 24 steps"
     weights0 = consolidated_state_dict(reference_runs["zero0"])

@@ -60,8 +60,9 @@ def run_without_swcm_in_a_terminal(script: str, cwd: Path, timeout: int = 120) -
                 break
     finally:
         os.close(controller)
-    if proc.poll() is None:
+    try:   # the terminal closes a moment before the process is gone: wait for it, within the deadline
+        return proc.wait(timeout=max(deadline - time.monotonic(), 1)), output.decode("utf-8", "replace")
+    except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
         return None, output.decode("utf-8", "replace")
-    return proc.wait(), output.decode("utf-8", "replace")

@@ -150,6 +150,7 @@ class Trainer:
         self.engine, self.scheduler = build_engine(model, self.cfg.train, self.ds_config, self.cfg.train.max_steps)
         self.device = self.engine.device
         self.attention = resolve_attn_implementation(self.cfg.model.attn_implementation, self.device)
+        self.lm_head = self.task.lm_head(self.model_config, self.device)
         self.stage = self.engine.zero_optimization_stage()
         self.gas = self.engine.gradient_accumulation_steps()
         micro = micro_batch_size(self.ds_config, self.world)
@@ -313,13 +314,13 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         write_atomic(self.out / "config.json", json.dumps(
             {"run": self.cfg.to_dict(), "task": self.task.name, "deepspeed": self.ds_config,
-             "world_size": self.world, "attention": self.attention}, indent=2))
+             "world_size": self.world, "attention": self.attention, "lm_head": self.lm_head}, indent=2))
         self.model_config.save_pretrained(str(self.out / "model"))
         self.tokenizer.save_pretrained(str(self.out / "model"))
         log.info("model: %.1fM parameters (%s); world size %d, ZeRO stage %d, %s, %d micro-batches per step; "
-                 "attention %s -> %s (%s tensors)", self.n_params / 1e6, self.task.describe(self.model_config),
+                 "attention %s -> %s (%s tensors), LM head %s", self.n_params / 1e6, self.task.describe(self.model_config),
                  self.world, self.stage, "bf16" if self.ds_config["bf16"].get("enabled") else "fp32", self.gas,
-                 self.cfg.model.attn_implementation, self.attention, self.device.type)
+                 self.cfg.model.attn_implementation, self.attention, self.device.type, self.lm_head)
         return RunLog(self.out, step, self.cfg.train.max_steps, self.task.name)
 
     # ------------------------------------------------------------------------------------------------ logging
