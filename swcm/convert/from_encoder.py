@@ -204,8 +204,9 @@ def convert_from_encoder(encoder_dir: str | Path, out_dir: str | Path, *, normal
     log.info("decoder: %d tensors copied (%s)", len(copied), decoder_init)
     if dtype == "bfloat16":
         model = model.to(torch.bfloat16)
-    # The paper's pretraining length; transformers' default of 20 new tokens would cut summaries short.
-    model.generation_config.max_length = 256
+    # The paper's pretraining length; transformers' default of 20 new tokens would cut summaries short. As
+    # max_new_tokens, not max_length: a generate(max_new_tokens=...) then overrides it without a warning.
+    model.generation_config.max_new_tokens = 256
 
     with staged_directory(out_dir) as staging:
         model.save_pretrained(str(staging))
