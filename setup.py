@@ -12,7 +12,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
-        "transformers>=5.0,<6",
+        "transformers>=5.23,<6",   # 5.23.0 (make test-transformers-floor) to 5.25.0 (constraints.txt)
         "deepspeed>=0.16",
         "webdataset>=0.2.86",
         "sentencepiece>=0.2",

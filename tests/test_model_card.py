@@ -1,6 +1,6 @@
 """Model cards of exported directories (`from-encoder` and `to-hf`): the Hugging Face metadata block the Hub reads,
 the licence given on the command line, and a fine-tuning snippet that runs as written where swcm is not installed
-(README "Fine-tune an export with Hugging Face tools")."""
+(docs/huggingface.md)."""
 
 import json
 import shutil
