@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
+import re
+import shutil
+import socket
 from pathlib import Path
 from typing import Iterable
 
 from swcm.atomic_write import write_atomic
 
+log = logging.getLogger(__name__)
+
 MARKER = ".swcm-output"   # JSON {"kind": ...}, written into every directory an swcm tool produces
+FULL_BELOW = 1 << 20       # bytes free under which a failed write is taken for a full disk: less than one tensor
 FOUND_SHOWN = 5           # names listed when refusing a foreign directory: enough to recognise it, one line
 
 
@@ -42,7 +49,7 @@ def is_ours(directory: str | Path) -> str | None:
     """What kind of swcm output `directory` is, or None when nothing in it says swcm wrote it. Recognised: our
     marker; and, from versions before the marker, a shard set (index.json of format "swcm-shards"), an exported
     model (config.json of an SWCM model, or training_config.json as to-hf writes it), a run directory (config.json
-    with the trainer's "run" and "task" records) and a universal checkpoint (swcm_universal.json)."""
+    with the trainer's "run" and "deepspeed" records) and a universal checkpoint (swcm_universal.json)."""
     from swcm.data.shards import FORMAT, INDEX_NAME
     from swcm.hf_dir import SWCM, dir_kind
 
@@ -59,7 +66,7 @@ def is_ours(directory: str | Path) -> str | None:
     if isinstance(run_record, dict) and {"run", "task"} <= run_record.keys() and (d / "config.json").is_file():
         return "model"
     run_record = _json(d / "config.json")
-    if isinstance(run_record, dict) and {"run", "task", "deepspeed"} <= run_record.keys():
+    if isinstance(run_record, dict) and {"run", "deepspeed"} <= run_record.keys():
         return "run"
     if isinstance(_json(d / "swcm_universal.json"), dict):
         return "universal"
@@ -96,8 +103,11 @@ def check_output_dir(out: str | Path, inputs: Iterable[str | Path | None], *, ov
                      flag: str = "--out") -> None:
     """Return when directory `out` may be written: it is absent or empty, or (with `overwrite`) a directory swcm
     wrote; and it neither is, contains nor lies inside any of `inputs` (files or directories; None entries are
-    skipped). Otherwise raise OutputError naming `flag`, the path and what was found."""
+    skipped). Otherwise raise OutputError naming `flag`, the path and what was found. Temporaries that a killed
+    writer of `out` left are removed first (`remove_stale_temporaries`), and a previous output it had set aside
+    is put back, so that it is found here."""
     _check_apart(out, inputs, flag)
+    remove_stale_temporaries(out)
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{flag} {out} exists and is not a directory")
@@ -132,6 +142,27 @@ def os_error_line(e: OSError, path: str | Path | None = None) -> str:
     return f"{where}: {reason}"
 
 
+def output_error(e: BaseException, path: str | Path) -> OutputError | None:
+    """The OutputError `PATH: reason` for exception `e` raised while writing `path`: for an OSError, and for any
+    error raised when the disk was full (torch.save reports ENOSPC as `RuntimeError: [enforce fail at
+    inline_container.cc] ... file write failed`, safetensors in its own error type) as "no space left on device".
+    None for anything else, which is not about the output location."""
+    full = "No space left on device" in str(e) or _disk_full(path)   # safetensors says so in its own error type
+    if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError, NotADirectoryError)) or full:
+        if not isinstance(e, OSError):
+            e = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return OutputError(os_error_line(e, path))
+    return None
+
+
+def _disk_full(path: str | Path) -> bool:
+    where = next((p for p in [Path(path), *Path(path).absolute().parents] if p.is_dir()), Path("/"))
+    try:
+        return shutil.disk_usage(where).free < FULL_BELOW
+    except OSError:
+        return False
+
+
 def check_writable(out: str | Path, *, flag: str = "--out", reserve: int = 1 << 20) -> None:
     """Return when a file can be created where `out` will be written (in `out` if it is an existing directory,
     else in its nearest existing parent) and `reserve` bytes fit there; otherwise raise OutputError with
@@ -152,3 +183,52 @@ def check_writable(out: str | Path, *, flag: str = "--out", reserve: int = 1 << 
             probe.unlink()
         except OSError:
             pass
+
+
+# -- temporaries ------------------------------------------------------------------------------------------------------
+# A temporary beside an output is named `.OUT.tmp-HOST-PID-XXXX` (a retired previous output `.OUT.old-HOST-PID-XXXX`),
+# so that the next writer of the same output can tell one a killed run left (its pid is gone from this host) from one
+# a live process is still writing, and removes only the former. '-' separates the fields, so the host has none.
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
+
+
+def temporary_prefix(out: str | Path, role: str = "tmp") -> str:
+    """The name prefix of this process's temporaries beside `out` (`role` "tmp" for one being written, "old" for
+    the previous output set aside while the new one is renamed in); a unique suffix follows it."""
+    return f".{Path(out).name}.{role}-{_host()}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's process: alive
+        pass
+    return True
+
+
+def remove_stale_temporaries(out: str | Path) -> None:
+    """Remove the temporaries that a killed writer of `out` left beside it on this host; a previous output it had
+    set aside, whose replacement never arrived, is put back in place instead. Temporaries of live processes, of
+    other hosts and names we did not make are left alone."""
+    out = Path(out)
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-{re.escape(_host())}-(\d+)-[^-]+")
+    if not out.parent.is_dir():
+        return
+    for path in sorted(out.parent.iterdir()):
+        match = pattern.fullmatch(path.name)
+        if not match or _alive(int(match.group(2))):
+            continue
+        if match.group(1) == "old" and not out.exists():
+            path.rename(out)
+            log.warning("%s: put back the previous output, which a killed writer had set aside", out)
+        elif path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed %s, left by a killed writer", path)
+        else:
+            path.unlink(missing_ok=True)
+            log.info("removed %s, left by a killed writer", path)
