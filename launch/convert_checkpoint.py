@@ -9,8 +9,10 @@
     python launch/convert_checkpoint.py universal --run RUN_DIR --out DIR [--step N] [--overwrite]
 
 Each subcommand parses its flags and calls one function in swcm/convert/. Bad input (including a checkpoint
-with a missing or truncated file) ends with a one-line `error: ...` on stderr and exit status 2, and nothing
-is written.
+with a missing or truncated file, or an --out that is, holds or lies inside the input) ends with a one-line
+`error: ...` on stderr and exit status 2, and nothing is written; a read-only or full --out is `error: PATH:
+reason` (status 1); SIGINT / SIGTERM is `error: interrupted` (status 130 / 143) with no temporary left behind.
+--overwrite replaces only a directory swcm wrote, never a foreign one.
 """
 
 import argparse
@@ -38,7 +40,7 @@ def add_from_encoder(subparsers) -> None:
     p.add_argument("--untie-lm-head", action="store_true",
                    help="separate, randomly initialised LM head instead of the tied word embedding")
     p.add_argument("--lang-codes", default="bo,kk,mn,ug,zh", help="language tags to add, comma-separated")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that swcm wrote")
     p.add_argument("--seed", type=int, default=0, help="seed for the randomly initialised parts")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="dtype of the saved weights")
     p.add_argument("--license", default="other", help=LICENSE_HELP)
@@ -65,7 +67,7 @@ def add_to_hf(subparsers) -> None:
     p.add_argument("--out", required=True, help="output directory (written atomically)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest complete one)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that swcm wrote")
     p.add_argument("--no-verify", action="store_true", help="skip the fresh-process logits check")
     p.add_argument("--license", default="other", help=LICENSE_HELP)
     p.set_defaults(run=run_to_hf)
@@ -93,7 +95,7 @@ def add_universal(subparsers) -> None:
     p.add_argument("--run", dest="run_dir", required=True, help="the --out directory of a training run")
     p.add_argument("--out", required=True, help="output directory (written atomically)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest complete one)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that swcm wrote")
     p.set_defaults(run=run_universal)
 
 
@@ -115,14 +117,11 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from swcm.cli_exit import run_reporting
     from swcm.convert import ConversionError
+    from swcm.output_guard import OutputError
 
-    try:
-        args.run(args)
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting(lambda: args.run(args), (ConversionError, OutputError))
 
 
 if __name__ == "__main__":

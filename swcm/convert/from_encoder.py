@@ -18,6 +18,7 @@ import torch
 
 from swcm.convert import ConversionError
 from swcm.convert.staging import staged_directory
+from swcm.output_guard import check_output_dir, check_writable
 from swcm.convert.model_card import DEFAULT_LICENSE, check_license, front_matter, usage_sections
 from swcm.hf_dir import not_an_encoder
 from swcm.modeling_swcm import SWCMConfig, SWCMForConditionalGeneration
@@ -111,15 +112,6 @@ def _load_tokenizer(encoder_dir: Path):
         raise ConversionError(f"cannot load the tokenizer of {encoder_dir}: {' '.join(str(e).split())}") from None
 
 
-def _check_out_dir(out_dir: Path, encoder_dir: Path, overwrite: bool) -> None:
-    if out_dir.resolve() == encoder_dir.resolve():
-        raise ConversionError(f"--out {out_dir} is the encoder directory itself")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConversionError(f"--out {out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise ConversionError(f"--out {out_dir} exists and is not empty (pass --overwrite to replace it)")
-
-
 def _model_card(config: SWCMConfig, encoder_dir: Path, n_params: int, out_name: str, license: str) -> str:
     """README.md of an initialised directory: metadata block, what was built, the seq2seq convention, a runnable
     fine-tuning snippet (loading the model as `out_name`) and the licence note."""
@@ -147,12 +139,14 @@ def convert_from_encoder(encoder_dir: str | Path, out_dir: str | Path, *, normal
 
     Writes config.json (with auto_map), model.safetensors, generation_config.json, modeling_swcm.py, the
     tokenizer with the language tags, and README.md (its metadata gives `license`, a Hub licence id). Raises
-    ConversionError, writing nothing, on bad input.
+    ConversionError, writing nothing, on bad input, and OutputError (nothing touched) for an `out_dir` that
+    overlaps the encoder, is not empty without `overwrite`, is not ours, or cannot be written.
     """
     encoder_dir, out_dir = Path(encoder_dir), Path(out_dir)
     if not encoder_dir.is_dir():
         raise ConversionError(f"encoder directory {encoder_dir} not found")
-    _check_out_dir(out_dir, encoder_dir, overwrite)
+    check_output_dir(out_dir, [encoder_dir], overwrite=overwrite)
+    check_writable(out_dir)
     if dtype not in ("float32", "bfloat16"):
         raise ConversionError(f"--dtype {dtype!r}: expected float32 or bfloat16")
     check_license(license)
