@@ -5,7 +5,7 @@ export DS_ACCELERATOR ?= cpu
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-fast test-transformers-floor demo clean-demo gpu-check ablate ablate-smoke
+.PHONY: setup test test-fast test-extended test-transformers-floor demo clean-demo gpu-check ablate ablate-smoke
 
 $(VENV_STAMP): setup.py constraints.txt
 	python3 -m venv .venv
@@ -20,7 +20,11 @@ setup: $(VENV_STAMP)
 
 # Everything (what CI runs). Without CUDA, tests/conftest.py runs the Triton kernels under the interpreter.
 test: setup
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not extended"
+
+# What `make test` leaves out: the same checks on more ZeRO stages, world sizes and inputs (docs/testing.md).
+test-extended: setup
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m extended
 
 # The fast tier while working: no multi-process or long tests (under 2 minutes); `make test` runs them all.
 test-fast: setup
