@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tempfile
 from pathlib import Path
 
 import torch
@@ -142,17 +143,30 @@ Converted by `launch/convert_checkpoint.py from-encoder` from the encoder `{enco
 def convert_from_encoder(encoder_dir: str | Path, out_dir: str | Path, *, normal_layer_every: int = 3,
                          decoder_init: str = "encoder", tie_word_embeddings: bool = True,
                          lang_codes=DEFAULT_LANG_CODES, overwrite: bool = False, seed: int = 0,
-                         dtype: str = "float32", license: str = DEFAULT_LICENSE) -> Path:
+                         dtype: str = "float32", license: str = DEFAULT_LICENSE, trim_corpus=None,
+                         trim_min_count: int = 1) -> Path:
     """Build an initialised SWCM directory at `out_dir` from the XLM-R directory `encoder_dir`; return out_dir.
 
     Writes config.json (with auto_map), model.safetensors, generation_config.json, modeling_swcm.py, the
-    tokenizer with the language tags, and README.md (its metadata gives `license`, a Hub licence id). Raises
+    tokenizer with the language tags, and README.md (its metadata gives `license`, a Hub licence id). With
+    `trim_corpus` (text files / shard directories) the result is then trimmed to the vocabulary they use
+    (swcm.convert.trim_vocab, `trim_min_count`), so only the trimmed directory is written. Raises
     ConversionError, writing nothing, on bad input.
     """
     encoder_dir, out_dir = Path(encoder_dir), Path(out_dir)
     if not encoder_dir.is_dir():
         raise ConversionError(f"encoder directory {encoder_dir} not found")
     _check_out_dir(out_dir, encoder_dir, overwrite)
+    if trim_corpus:
+        from swcm.convert.trim_vocab import trim_vocab
+
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.untrimmed-", dir=out_dir.parent) as tmp:
+            untrimmed = convert_from_encoder(encoder_dir, Path(tmp) / "swcm", normal_layer_every=normal_layer_every,
+                                             decoder_init=decoder_init, tie_word_embeddings=tie_word_embeddings,
+                                             lang_codes=lang_codes, seed=seed, dtype=dtype, license=license)
+            trim_vocab(untrimmed, trim_corpus, out_dir, min_count=trim_min_count, overwrite=overwrite)
+        return out_dir
     if dtype not in ("float32", "bfloat16"):
         raise ConversionError(f"--dtype {dtype!r}: expected float32 or bfloat16")
     check_license(license)
