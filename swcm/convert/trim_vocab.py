@@ -26,6 +26,7 @@ from swcm.convert.staging import staged_directory
 from swcm.convert.trim_tokenizer import (SPM_NAME, TOKENIZER_CONFIG, TOKENIZER_JSON, protected_ids,
                                          read_tokenizer_json, single_character_ids, trimmed_sentencepiece_model,
                                          trimmed_tokenizer_config, trimmed_tokenizer_json)
+from swcm.output_guard import OutputError, check_output_dir, mark_ours
 from swcm.tokenization import TRIM_MAP_NAME, load_tokenizer, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
@@ -151,18 +152,6 @@ def trimmed_state_dict(state: dict, old_ids: Sequence[int], vocab_size: int, mod
     return out
 
 
-def _check_out_dir(out_dir: Path, inputs: Sequence[Path], overwrite: bool) -> None:
-    out = out_dir.resolve()
-    for path in inputs:
-        p = path.resolve()
-        if out == p or out in p.parents or p in out.parents:
-            raise ConversionError(f"--out {out_dir}: is, holds or lies inside the input {path}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConversionError(f"--out {out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise ConversionError(f"--out {out_dir} exists and is not empty (pass --overwrite to replace it)")
-
-
 def _card_note(card: str, old_size: int, old_ids: Sequence[int], fields: dict) -> str:
     tags = fields.get("lang_token_ids") or {}
     tag_text = (", language tags " + ", ".join(f"`<{c}>`={i}" for c, i in tags.items())) if tags else ""
@@ -182,7 +171,10 @@ def trim_vocab(model_dir: str | Path, corpus: Sequence[str | Path], out_dir: str
         raise ConversionError(f"--model {model_dir}: directory not found")
     if not corpus:
         raise ConversionError("--corpus: give at least one text file or shard directory")
-    _check_out_dir(out_dir, [model_dir, *corpus], overwrite)
+    try:
+        check_output_dir(out_dir, [model_dir, *corpus], overwrite=overwrite)
+    except OutputError as e:
+        raise ConversionError(str(e)) from None
     config = _read_json(model_dir / "config.json")
     vocab_size = config.get("vocab_size")
     spec = read_tokenizer_json(model_dir)
@@ -235,6 +227,7 @@ def trim_vocab(model_dir: str | Path, corpus: Sequence[str | Path], out_dir: str
                                               encoding="utf-8")
         trim_map["fingerprint"] = tokenizer_fingerprint(load_tokenizer(staging))
         (staging / TRIM_MAP_NAME).write_text(json.dumps(trim_map) + "\n")
+        mark_ours(staging, "model")
     log.info("wrote %s: vocabulary %d -> %d ids (%.1f%%)", out_dir, vocab_size, len(old_ids),
              100 * len(old_ids) / vocab_size)
     return trim_map
