@@ -66,7 +66,8 @@ def run_from_encoder(args) -> None:
 def add_trim_vocab(subparsers) -> None:
     p = subparsers.add_parser(
         "trim-vocab", help="keep only the vocabulary a corpus uses (encoder, SWCM or export dir -> same kind)",
-        description="Keep the special tokens, the language tags and the pieces the corpus's tokenisation uses at least --min-count times; write a directory of the same kind with "
+        description="Keep the special tokens, the language tags and the pieces the corpus's tokenisation uses at "
+                    "least --min-count times; write a directory of the same kind with "
                     "the embedding / LM-head rows selected, the tokenizer rewritten (plain AutoTokenizer gives the "
                     "new ids) and trim_map.json (old id of every new id). Exact on what is kept: the corpus "
                     "tokenises to the mapped ids and the logits at kept ids are unchanged. See docs/vocab-trimming.md.")
@@ -74,7 +75,8 @@ def add_trim_vocab(subparsers) -> None:
     p.add_argument("--corpus", required=True, nargs="+", metavar="FILE_OR_SHARDS",
                    help="text files (one document per line) and/or shard directories from prepare_data.py")
     p.add_argument("--out", required=True, help="output directory (written atomically)")
-    p.add_argument("--min-count", type=int, default=1, metavar="N", help="keep pieces used at least N times (default 1)")
+    p.add_argument("--min-count", type=int, default=1, metavar="N",
+                   help="keep pieces used at least N times (default 1: exact on the whole corpus)")
     p.add_argument("--keep-characters", action="store_true",
                    help="also keep every one-character piece, used or not, so that any text the original vocabulary "
                         "covered still tokenises without <unk> (larger: CJK characters are many)")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 DEFAULT_LANG_CODES = ("bo", "kk", "mn", "ug", "zh")
-# Written by `convert_checkpoint.py trim-vocab` beside a trimmed tokenizer: {"old_ids": [...], "source_fingerprint": ...}
+# Written by `convert_checkpoint.py trim-vocab` beside a trimmed tokenizer: {"old_ids": [...], "source_fingerprint", ...}
 TRIM_MAP_NAME = "trim_map.json"
 
 
@@ -98,7 +98,8 @@ def trimmed_from(tokenizer_dir: str | Path | None) -> str | None:
     if not tokenizer_dir:
         return None
     try:
-        fingerprint = json.loads((Path(tokenizer_dir) / TRIM_MAP_NAME).read_text(encoding="utf-8"))["source_fingerprint"]
+        trim_map = json.loads((Path(tokenizer_dir) / TRIM_MAP_NAME).read_text(encoding="utf-8"))
+        fingerprint = trim_map["source_fingerprint"]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
         return None
     return fingerprint if isinstance(fingerprint, str) else None

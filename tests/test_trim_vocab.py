@@ -119,7 +119,8 @@ def test_encoder_logits_equal_at_kept_ids(spm_encoder):
     trimmed = XLMRobertaForMaskedLM.from_pretrained(spm_encoder["out"]).eval()
     tok, new_tok = AutoTokenizer.from_pretrained(spm_encoder["src"]), AutoTokenizer.from_pretrained(spm_encoder["out"])
     lines = spm_encoder["corpus"].read_text().splitlines()[::20]
-    old_batch, new_batch = tok(lines, return_tensors="pt", padding=True), new_tok(lines, return_tensors="pt", padding=True)
+    old_batch = tok(lines, return_tensors="pt", padding=True)
+    new_batch = new_tok(lines, return_tensors="pt", padding=True)
     assert torch.equal(old_ids[new_batch["input_ids"]], old_batch["input_ids"])
     with torch.no_grad():
         want = original(**old_batch).logits[..., old_ids]

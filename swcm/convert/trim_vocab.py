@@ -223,8 +223,8 @@ def trim_vocab(model_dir: str | Path, corpus: Sequence[str | Path], out_dir: str
             (staging / SPM_NAME).write_bytes(blob)
         if (model_dir / MODEL_CARD).is_file():
             card = (model_dir / MODEL_CARD).read_text(encoding="utf-8")
-            (staging / MODEL_CARD).write_text(_card_note(card, vocab_size, old_ids, _read_json(staging / "config.json")),
-                                              encoding="utf-8")
+            note = _card_note(card, vocab_size, old_ids, _read_json(staging / "config.json"))
+            (staging / MODEL_CARD).write_text(note, encoding="utf-8")
         trim_map["fingerprint"] = tokenizer_fingerprint(load_tokenizer(staging))
         (staging / TRIM_MAP_NAME).write_text(json.dumps(trim_map) + "\n")
         mark_ours(staging, "model")

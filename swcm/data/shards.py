@@ -67,9 +67,10 @@ def check_fingerprint(index: dict, tokenizer, index_path: str | Path) -> None:
                             f"of this trimmed model (fingerprint {have}); re-run launch/prepare_data.py with "
                             f"--tokenizer {tokenizer.name_or_path}")
         if trimmed_from(index["tokenizer"].get("path")) == have:
-            raise DataError(f"{index_path}: the shards were made with a trimmed tokenizer ({index['tokenizer']['path']}, "
-                            f"fingerprint {want}) but the model is untrimmed (fingerprint {have}); use the trimmed model "
-                            f"or re-run launch/prepare_data.py with the model's tokenizer directory")
+            raise DataError(f"{index_path}: the shards were made with a trimmed tokenizer "
+                            f"({index['tokenizer']['path']}, fingerprint {want}) but the model is untrimmed (fingerprint "
+                            f"{have}); use the trimmed model or re-run launch/prepare_data.py with the model's tokenizer "
+                            f"directory")
         raise DataError(f"{index_path}: the shards were tokenised with tokenizer fingerprint {want}, but the "
                         f"model's tokenizer has fingerprint {have}; re-run launch/prepare_data.py with the "
                         f"model's tokenizer directory")
