@@ -97,6 +97,7 @@ def main(argv=None) -> None:
     results = {}
     for v in sizes:
         vdir = work / f"v{v}"
+        vdir.mkdir(exist_ok=True)
         first = work / f"v{sizes[0]}"
         for shared in ("tokenizer", "shards"):   # one tokenizer and one shard set for every size: same data
             if vdir != first and (first / shared).is_dir() and not (vdir / shared).exists():

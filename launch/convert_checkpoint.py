@@ -80,7 +80,7 @@ def add_trim_vocab(subparsers) -> None:
     p.add_argument("--keep-characters", action="store_true",
                    help="also keep every one-character piece, used or not, so that any text the original vocabulary "
                         "covered still tokenises without <unk> (larger: CJK characters are many)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that swcm wrote")
     p.set_defaults(run=run_trim_vocab)
 
 
