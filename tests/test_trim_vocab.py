@@ -2,7 +2,7 @@
 the rewritten sentencepiece model alone), the logits at kept ids are the original's, ties and language tags hold,
 and bad input is one `error:` line with nothing written.
 
-One tiny encoder with a real sentencepiece model (503 pieces, odd on purpose) and one SWCM directory are trimmed once
+One tiny encoder with a real sentencepiece model (503 ids, odd on purpose) and one SWCM directory are trimmed once
 per module and shared by the assertions."""
 
 import json
@@ -51,7 +51,7 @@ def spm_encoder(tmp_path_factory):
     train = root / "train.txt"
     train.write_text("\n".join(_lines("bo", 0, 400) + _lines("kk", 0, 400) + _lines("ug", 0, 400)) + "\n",
                      encoding="utf-8")
-    train_sentencepiece_tokenizer([train], root / "tok", vocab_size=500, with_sentencepiece_model=True)
+    train_sentencepiece_tokenizer([train], root / "tok", vocab_size=501, with_sentencepiece_model=True)
     build_tiny_xlmr(root / "xlmr", root / "tok", num_hidden_layers=2, hidden_size=32, intermediate_size=48)
     shutil.copy(root / "tok" / "sentencepiece.bpe.model", root / "xlmr")
     corpus = root / "corpus.txt"
@@ -186,6 +186,19 @@ def test_from_encoder_trim_vocab_equals_trimming_afterwards(swcm_dirs):
         assert (swcm_dirs["out"] / name).read_text() == (swcm_dirs["direct"] / name).read_text(), name
     assert json.loads((swcm_dirs["direct"] / "trim_map.json").read_text())["old_ids"] == swcm_dirs["map"]["old_ids"]
     assert "## Trimmed vocabulary" in (swcm_dirs["direct"] / "README.md").read_text()
+
+
+def test_untied_head_keeps_its_own_rows(tiny_xlmr_dir, swcm_dirs, tmp_path):
+    from safetensors.torch import load_file
+
+    src = convert_from_encoder(tiny_xlmr_dir, tmp_path / "untied", normal_layer_every=0, tie_word_embeddings=False)
+    old_ids = torch.tensor(trim_vocab(src, [swcm_dirs["corpus"]], tmp_path / "trimmed")["old_ids"])
+    before, after = load_file(src / "model.safetensors"), load_file(tmp_path / "trimmed" / "model.safetensors")
+    assert before.keys() == after.keys() and "lm_head.weight" in after
+    for key, tensor in before.items():
+        rows = key in ("lm_head.weight", "lm_head.bias", "encoder.embeddings.word_embeddings.weight")
+        assert torch.equal(after[key], tensor[old_ids] if rows else tensor), key
+    assert not json.loads((tmp_path / "trimmed" / "config.json").read_text())["tie_word_embeddings"]
 
 
 def test_min_count_keeps_fewer_pieces(swcm_dirs, tmp_path):

@@ -87,10 +87,8 @@ def count_pieces(tokenizer, corpus: Sequence[str | Path], vocab_size: int) -> np
 
 def choose_ids(counts: np.ndarray, spec: dict, min_count: int = 1, keep_characters: bool = False) -> list[int]:
     """The old ids to keep, ascending: the protected ids of tokenizer.json `spec` (special tokens, language tags,
-    the lowest-scoring piece), every id counted at least `min_count` times, and (with `keep_characters`) every
-    one-character piece."""
-    if min_count < 1:
-        raise ConversionError(f"--min-count {min_count}: must be at least 1")
+    the lowest-scoring piece), every id counted at least `min_count` (>= 1) times, and (with `keep_characters`)
+    every one-character piece."""
     keep = protected_ids(spec) | set(np.flatnonzero(counts >= min_count).tolist())
     if keep_characters:
         keep |= single_character_ids(spec)
@@ -171,6 +169,8 @@ def trim_vocab(model_dir: str | Path, corpus: Sequence[str | Path], out_dir: str
         raise ConversionError(f"--model {model_dir}: directory not found")
     if not corpus:
         raise ConversionError("--corpus: give at least one text file or shard directory")
+    if min_count < 1:
+        raise ConversionError(f"--min-count {min_count}: must be at least 1")
     try:
         check_output_dir(out_dir, [model_dir, *corpus], overwrite=overwrite)
     except OutputError as e:
