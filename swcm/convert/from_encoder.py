@@ -162,7 +162,9 @@ def convert_from_encoder(encoder_dir: str | Path, out_dir: str | Path, *, normal
 
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.untrimmed-", dir=out_dir.parent) as tmp:
-            untrimmed = convert_from_encoder(encoder_dir, Path(tmp) / "swcm", normal_layer_every=normal_layer_every,
+            # named as `out_dir`: the model card's snippets load the directory by that name
+            untrimmed = convert_from_encoder(encoder_dir, Path(tmp) / out_dir.name,
+                                             normal_layer_every=normal_layer_every,
                                              decoder_init=decoder_init, tie_word_embeddings=tie_word_embeddings,
                                              lang_codes=lang_codes, seed=seed, dtype=dtype, license=license)
             trim_vocab(untrimmed, trim_corpus, out_dir, min_count=trim_min_count, overwrite=overwrite)
