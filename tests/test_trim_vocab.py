@@ -129,6 +129,17 @@ def test_encoder_logits_equal_at_kept_ids(spm_encoder):
     assert trimmed.lm_head.decoder.weight is trimmed.roberta.embeddings.word_embeddings.weight
 
 
+def test_trimmed_encoder_converts(spm_encoder, tmp_path):
+    """from-encoder takes a trimmed encoder like any other: the language tags follow the kept ids."""
+    swcm = convert_from_encoder(spm_encoder["out"], tmp_path / "swcm", normal_layer_every=0)
+    n = len(spm_encoder["map"]["old_ids"])
+    config = json.loads((swcm / "config.json").read_text())
+    assert config["vocab_size"] == n + 5 and sorted(config["lang_token_ids"].values()) == list(range(n, n + 5))
+    line = spm_encoder["corpus"].read_text().splitlines()[3]
+    assert _ids(AutoTokenizer.from_pretrained(swcm), line) == _ids(AutoTokenizer.from_pretrained(spm_encoder["out"]),
+                                                                    line)
+
+
 @pytest.fixture(scope="module")
 def swcm_dirs(tiny_xlmr_dir, tmp_path_factory):
     """An SWCM directory from the tiny XLM-R, its trim by trim-vocab and the trim made by from-encoder --trim-vocab."""
