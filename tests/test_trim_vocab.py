@@ -199,6 +199,16 @@ def test_from_encoder_trim_vocab_equals_trimming_afterwards(swcm_dirs):
     assert "## Trimmed vocabulary" in (swcm_dirs["direct"] / "README.md").read_text()
 
 
+def test_shard_corpus_keeps_what_its_text_keeps(swcm_dirs, tmp_path):
+    """A shard directory of the corpus (prepare_data with the model's tokenizer) counts the same ids as the text."""
+    from swcm.data.prepare import prepare
+
+    prepare(swcm_dirs["src"], tmp_path / "shards", mono=[("bo", str(swcm_dirs["corpus"]))], max_len=64,
+            show_progress=False)
+    trim_map = trim_vocab(swcm_dirs["src"], [tmp_path / "shards"], tmp_path / "trimmed")
+    assert trim_map["old_ids"] == swcm_dirs["map"]["old_ids"]
+
+
 def test_untied_head_keeps_its_own_rows(tiny_xlmr_dir, swcm_dirs, tmp_path):
     from safetensors.torch import load_file
 
