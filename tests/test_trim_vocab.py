@@ -245,7 +245,7 @@ def run_cli(capsys, *args) -> str:
     return message
 
 
-def test_bad_input_is_one_error_line(swcm_dirs, tmp_path, capsys):
+def test_bad_input_is_one_error_line(swcm_dirs, tiny_xlmr_dir, tmp_path, capsys):
     src, corpus = swcm_dirs["src"], swcm_dirs["corpus"]
     assert "lies inside the input" in run_cli(capsys, "--model", src, "--corpus", corpus, "--out", src / "sub")
     assert "not found" in run_cli(capsys, "--model", src, "--corpus", tmp_path / "nope.txt", "--out", tmp_path / "o")
@@ -254,4 +254,8 @@ def test_bad_input_is_one_error_line(swcm_dirs, tmp_path, capsys):
     assert "--min-count 0" in run_cli(capsys, "--model", src, "--corpus", corpus, "--out", tmp_path / "o",
                                       "--min-count", "0")
     assert "not empty" in run_cli(capsys, "--model", src, "--corpus", corpus, "--out", swcm_dirs["out"])
+    capsys.readouterr()
+    assert convert_checkpoint.main(["from-encoder", "--encoder", str(tiny_xlmr_dir), "--out", str(tmp_path / "o"),
+                                    "--trim-vocab", str(tmp_path / "nope.txt")]) == 2
+    assert capsys.readouterr().err.startswith("error: --trim-vocab ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]

@@ -160,6 +160,9 @@ def convert_from_encoder(encoder_dir: str | Path, out_dir: str | Path, *, normal
     if trim_corpus:
         from swcm.convert.trim_vocab import trim_vocab
 
+        missing = [str(c) for c in trim_corpus if not Path(c).exists()]
+        if missing:   # before the conversion, not after it
+            raise ConversionError(f"--trim-vocab {missing[0]}: not found (expected a text file or a shard directory)")
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.untrimmed-", dir=out_dir.parent) as tmp:
             # named as `out_dir`: the model card's snippets load the directory by that name
