@@ -16,6 +16,7 @@ setup(
         "deepspeed>=0.16",
         "webdataset>=0.2.86",
         "sentencepiece>=0.2",
+        "protobuf>=4",   # sentencepiece's ModelProto, to rewrite a trimmed vocabulary
         "safetensors>=0.4",
         "tensorboard>=2.14",
         "numpy>=1.24",

@@ -31,9 +31,10 @@ RESULTS = RESULTS_DIR / "bench_train.csv"
 DEMO = ROOT / "data" / "demo"
 
 
-def build_assets(work: Path, layers: int, vocab: int) -> Path:
-    """A random SWCM model of CINO-base-v2 width (hidden 768, 12 heads, FFN 3072, `vocab` rows) with the demo
-    tokenizer, and shards of the demo text; returns the run config path."""
+def build_assets(work: Path, layers: int, vocab: int, hidden: int = 768) -> Path:
+    """A random SWCM model of CINO-base-v2 width (hidden 768, 12 heads, FFN 3072; heads and FFN scale with `hidden`
+    as in XLM-R, one head per 64 dimensions), `vocab` rows, with the demo tokenizer, and shards of the demo text;
+    returns the run config path."""
     import torch
     from transformers import AutoTokenizer
 
@@ -47,9 +48,9 @@ def build_assets(work: Path, layers: int, vocab: int) -> Path:
         tok = AutoTokenizer.from_pretrained(str(work / "tokenizer"))
         ids = add_language_tags(tok, DEFAULT_LANG_CODES)
         # The embedding is CINO-sized; the demo tokenizer only uses its first rows, which changes no cost.
-        cfg = SWCMConfig(vocab_size=vocab, hidden_size=768, num_hidden_layers=layers, num_attention_heads=12,
-                         intermediate_size=3072, normal_layer_every=3, lang_codes=list(DEFAULT_LANG_CODES),
-                         lang_token_ids=ids)
+        cfg = SWCMConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=hidden // 64, intermediate_size=4 * hidden, normal_layer_every=3,
+                         lang_codes=list(DEFAULT_LANG_CODES), lang_token_ids=ids)
         torch.manual_seed(0)
         model = SWCMForConditionalGeneration(cfg)
         model.save_pretrained(str(model_dir))
