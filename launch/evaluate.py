@@ -19,13 +19,13 @@ written at the end: one `error: FLAG PATH: reason` line, exit 1. SIGINT / SIGTER
 
 import argparse
 import json
-import signal
 import sys
 import time
 from pathlib import Path
 
 from swcm.output_guard import OutputError, check_output_file, check_writable, os_error_line
 from swcm.atomic_write import write_atomic
+from swcm.interrupts import Interrupted, exit_on_interrupt
 from swcm.tasks import model_dir
 from swcm.tasks.jsonl import (DataError, check_same_inputs, prediction_lines, read_examples, read_likelihood,
                               read_predictions)
@@ -38,10 +38,6 @@ class InputError(ValueError):
 
 class WriteFailed(Exception):
     """An output could not be written at the end (disk full, say); the message is `FLAG PATH: reason`."""
-
-
-class Terminated(Exception):
-    """SIGTERM arrived (raised by the handler so that the work stops where it is and temporary files go)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -199,26 +195,18 @@ def evaluate(args) -> None:
         _write(args.scores_out, json.dumps(report, ensure_ascii=False, indent=1) + "\n", "--scores-out")
 
 
-def _terminate(signum, frame):
-    raise Terminated()
-
-
 def main(argv=None) -> int:
-    signal.signal(signal.SIGTERM, _terminate)
     try:
-        evaluate(parse_args(argv))
+        with exit_on_interrupt():
+            evaluate(parse_args(argv))
     except (InputError, DataError, model_dir.ModelDirError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except WriteFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("error: interrupted", file=sys.stderr)
-        return 143
+    except Interrupted as e:
+        return e.code
     return 0
 
 
