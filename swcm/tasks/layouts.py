@@ -22,7 +22,7 @@ from typing import Collection, Sequence
 
 import torch
 
-from swcm.seq2seq_layout import IGNORE_INDEX
+from swcm.seq2seq_layout import IGNORE_INDEX, decoder_mask_from_labels, shift_right
 from swcm.tokenization import lang_tag
 
 TAGS, CODES, NONE = "tags", "codes", "none"
@@ -59,7 +59,8 @@ class Layout:
         return [*bos, self.lang_ids[src_lang]]
 
     def prefix(self, tgt_lang: str) -> list[int]:
-        """The decoder tokens before the first scored one: start, then the target's tag or code (if any)."""
+        """The decoder tokens before the first scored one: start, then the target's tag or code (if any); as long for
+        every language."""
         return [self.decoder_start, *([] if self.kind == NONE else [self.lang_ids[tgt_lang]])]
 
     def _pieces(self, texts: Sequence[str]) -> list[list[int]]:
@@ -68,8 +69,9 @@ class Layout:
     def inputs(self, sources: Sequence[str], targets: Sequence[str] | None, src_langs: Sequence[str],
                tgt_langs: Sequence[str], max_len: int = 256) -> dict[str, torch.Tensor]:
         """`input_ids`, `attention_mask`, `decoder_input_ids`, `decoder_attention_mask` and (with `targets`)
-        `labels`, right-padded LongTensors. Without `targets` the decoder input is the prefix alone (generation;
-        one target language per batch keeps it one width)."""
+        `labels`, right-padded LongTensors. The decoder input is the labels (language token included) shifted right
+        behind `decoder_start`, as `swcm.seq2seq_layout.shift_right` derives it for training; without `targets` it is
+        the prefix alone (generation)."""
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         enc = []
         for pieces, lang in zip(self._pieces(sources), src_langs, strict=True):
@@ -82,13 +84,14 @@ class Layout:
             batch["decoder_input_ids"] = _pad(prefixes, pad)
             batch["decoder_attention_mask"] = _pad([[1] * len(p) for p in prefixes], 0)
             return batch
-        dec, labels = [], []
+        full = []   # the labels with the target's language token, which the decoder input is shifted from
         for pieces, prefix in zip(self._pieces(targets), prefixes, strict=True):
-            y = pieces[:max_len - len(prefix) - 1]
-            dec.append(prefix + y)
-            labels.append([IGNORE_INDEX] * (len(prefix) - 1) + y + [eos])
-        batch.update(decoder_input_ids=_pad(dec, pad), decoder_attention_mask=_pad([[1] * len(r) for r in dec], 0),
-                     labels=_pad(labels, IGNORE_INDEX))
+            full.append(prefix[1:] + pieces[:max_len - len(prefix) - 1] + [eos])
+        full = _pad(full, IGNORE_INDEX)
+        batch["decoder_input_ids"] = shift_right(full, self.decoder_start, pad)
+        batch["decoder_attention_mask"] = decoder_mask_from_labels(full)
+        batch["labels"] = full.clone()
+        batch["labels"][:, :len(prefixes[0]) - 1] = IGNORE_INDEX   # the language token is given, not scored
         return batch
 
 
@@ -140,7 +143,8 @@ def find_layout(tokenizer, decoder_start: int, codes: Collection[str], lang_map:
     found = {c: _code_token(c, specials) for c in codes}
     if all(found.values()):
         return Layout(tokenizer, CODES, decoder_start, {c: vocab[t] for c, t in found.items()})
-    speaks = [t for t in specials if _LANGUAGE_TOKEN.fullmatch(t)]
+    own = {t for t in tokenizer.special_tokens_map.values() if isinstance(t, str)}   # <s>, <pad>, <unk>: not languages
+    speaks = [t for t in specials if _LANGUAGE_TOKEN.fullmatch(t) and t not in own]
     if not speaks:
         return Layout(tokenizer, NONE, decoder_start)
     code = next(c for c, t in found.items() if not t)
