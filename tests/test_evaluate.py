@@ -313,3 +313,23 @@ def test_an_interrupt_is_one_line_and_leaves_no_output(sig, code, model_dir, dat
     assert proc.returncode == code, err
     assert err.rstrip().splitlines()[-1] == "error: interrupted" and "Traceback" not in err, err
     assert not pred.exists() and not list(tmp_path.glob(".pred.jsonl*"))
+
+
+def test_a_full_disk_at_the_final_write_is_one_line_naming_it(runs, tmp_path, monkeypatch, capsys):
+    """In-process, with the write failing as a full filesystem fails it (ENOSPC): exit 1, one line naming the path
+    and the cause, and nothing at --scores-out."""
+    import errno
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate_cli", CLI)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{path}.tmp")
+
+    monkeypatch.setattr(cli, "write_atomic", full)
+    out = tmp_path / "scores.json"
+    assert cli.main(["--predictions", str(runs[1][1]), "--scores-out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: --scores-out {out}: no space left on device\n" and not out.exists()
