@@ -19,6 +19,11 @@ from swcm.tasks.jsonl import Example
 from swcm.tasks.layouts import Layout
 
 
+def source_lengths(tokenizer, examples: Sequence[Example]) -> list[int]:
+    """Each example's source length in tokens (without special tokens): what `length_batches` sorts by."""
+    return [len(ids) for ids in tokenizer([e.source for e in examples], add_special_tokens=False)["input_ids"]]
+
+
 def length_batches(examples: Sequence[Example], source_lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices of `examples` in batches of at most `batch_size`, one target language per batch, each language's
     examples sorted by source length (longest first; ties in input order)."""
@@ -51,7 +56,7 @@ def generate(model, layout: Layout, examples: Sequence[Example], *, num_beams: i
              batch_size: int = 16, max_len: int = 256, progress: bool = True) -> list[str]:
     """A prediction for every example (see `generate_batch`), in the order of `examples`, batched by
     `length_batches`, with a tqdm progress bar unless `progress=False`."""
-    lengths = [len(ids) for ids in layout.tokenizer([e.source for e in examples], add_special_tokens=False)["input_ids"]]
+    lengths = source_lengths(layout.tokenizer, examples)
     predictions: list[str | None] = [None] * len(examples)
     with tqdm(total=len(examples), desc="generate", unit="sent", disable=not progress) as bar:
         for batch in length_batches(examples, lengths, batch_size):

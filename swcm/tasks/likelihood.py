@@ -47,9 +47,9 @@ def likelihood_stats(model, layout: "Layout", examples: Sequence[Example], *, ba
     as generation makes them (one target language each, similar source lengths)."""
     from tqdm import tqdm
 
-    from swcm.tasks.generation import length_batches
+    from swcm.tasks.generation import length_batches, source_lengths
 
-    lengths = [len(ids) for ids in layout.tokenizer([e.source for e in examples], add_special_tokens=False)["input_ids"]]
+    lengths = source_lengths(layout.tokenizer, examples)
     stats = np.zeros((len(examples), 2), dtype=np.float64)
     with tqdm(total=len(examples), desc="likelihood", unit="sent", disable=not progress) as bar:
         for rows in length_batches(examples, lengths, batch_size):
