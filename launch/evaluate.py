@@ -102,7 +102,10 @@ def read_model_examples(args):
     """The examples of --data and the layout of --model that marks their languages. A language the model cannot
     mark is a DataError naming the first line that uses it."""
     found = model_dir.kind(args.model)
-    codes = model_dir.lang_codes(args.model) if found == "swcm" and not args.lang_map else None
+    if found == "swcm" and args.lang_map:
+        raise InputError("--lang-map: an SWCM model marks languages with its own tags (config.json lang_codes); "
+                         "leave --lang-map out")
+    codes = model_dir.lang_codes(args.model) if found == "swcm" else None
     examples = read_examples(args.data, codes)
     used = sorted({code for e in examples for code in (e.src_lang, e.tgt_lang)})
     try:

@@ -197,6 +197,8 @@ def test_bad_files_and_arguments_give_one_error_line(model_dir, tiny_xlmr_dir, d
         (["--model", tiny_xlmr_dir, "--data", data_file], f"error: {tiny_xlmr_dir / 'config.json'}: not a sequence-"
                                                           "to-sequence model (model_type is 'xlm-roberta'"),
         (["--model", tmp_path, "--data", data_file], f"error: {tmp_path / 'config.json'}: not found"),
+        (["--model", model_dir, "--data", data_file, "--lang-map", "bo=bo_CN"], "error: --lang-map: an SWCM model"),
+        (["--model", model_dir, "--data", data_file, "--lang-map", "bo"], "error: --lang-map bo: expected CODE=TOKEN"),
     ]
     for args, prefix in cases:
         _assert_one_error(run_cli(*GENERATE, *args, "--out", out), prefix, out)

@@ -75,8 +75,8 @@ def _decoder_start(model_dir: Path) -> int:
 
 
 def load_layout(model_dir: str | Path, codes: Collection[str], lang_map: dict[str, str] | None = None):
-    """The tokenizer of `model_dir` in the `Layout` that marks `codes` the way the model expects (SWCM: its tags;
-    otherwise `swcm.tasks.layouts.find_layout`). Raises ModelDirError when the tokenizer does not load, LayoutError
+    """The tokenizer of `model_dir` in the `Layout` that marks `codes` the way the model expects (SWCM: its tags,
+    whatever `lang_map` says; otherwise `swcm.tasks.layouts.find_layout`). Raises ModelDirError when the tokenizer does not load, LayoutError
     when a code cannot be marked."""
     from swcm.tasks.layouts import find_layout, tags_layout
     from swcm.tokenization import load_tokenizer
@@ -87,7 +87,7 @@ def load_layout(model_dir: str | Path, codes: Collection[str], lang_map: dict[st
     except (OSError, ValueError) as e:
         raise ModelDirError(f"{model_dir}: cannot load the tokenizer ({e})") from None
     start = _decoder_start(model_dir)
-    if kind(model_dir) == SWCM and not lang_map:
+    if kind(model_dir) == SWCM:
         return tags_layout(tokenizer, codes, start)
     return find_layout(tokenizer, start, codes, lang_map)
 
