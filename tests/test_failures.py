@@ -432,6 +432,19 @@ def test_generate_reads_a_utf8_input_file(model_dir, tmp_path, capsys):
     assert [json.loads(line)["source"] for line in capsys.readouterr().out.splitlines()] == ["你好", "世界"]
 
 
+def test_generate_refuses_empty_text_and_beams_beyond_the_vocabulary_or_memory(model_dir, tmp_path):
+    """Before loading the model: an empty --text, more beams than tokens, a beam search whose estimate
+    (swcm/tasks/beam_budget.py) exceeds half the available memory (2,000 texts x 2,000 beams: ~100 GB)."""
+    (tmp_path / "in.txt").write_text("你好\n" * 2000, encoding="utf-8")
+    for args, expect in ((["--text", ""], ["--text", "empty text"]),
+                         (["--text", "你好", "--text", " "], ["--text", "empty text"]),
+                         (["--text", "你好", "--num-beams", "100000"], ["--num-beams 100000", "more beams than"]),
+                         (["--input", tmp_path / "in.txt", "--num-beams", "2000"], ["--num-beams 2000", "GiB"])):
+        proc = _generate(model_dir, *args)
+        _one_error(proc, *expect)
+        assert proc.stdout == ""
+
+
 # -- convert_checkpoint.py to-hf on damaged checkpoints ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
