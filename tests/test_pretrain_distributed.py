@@ -362,8 +362,8 @@ def test_a_failed_save_ends_the_job_and_resume_skips_a_damaged_checkpoint(assets
     assert len(errors) == 1 and errors[0].startswith(f"error: {partial}") and "no space left on device" in errors[0] \
         and "(rank " in errors[0], errors
     assert "Traceback" not in log, log[-3000:]   # on no rank: the tracebacks are in RUN/errors/
-    kept = sorted((out / "errors").iterdir())
-    assert kept and all("No space left on device" in p.read_text() for p in kept), kept
+    kept = [p.read_text() for p in sorted((out / "errors").iterdir())]   # the failed rank's, and any other's
+    assert any("No space left on device" in text for text in kept) and all(kept), kept
     time.sleep(1)
     assert _session_processes(proc.pid) == [], "a process of the job outlived it"
     assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) <= shm

@@ -246,7 +246,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ the loop
     def train(self) -> int:
         """Train to `train.max_steps`, or until SIGTERM/SIGINT (save, exit 0, without the task's end-of-run work such
-        as fine-tuning's export: `--resume` does it) or too many skipped steps in a row (exit 3); returns the exit code. An exception ends this rank at once: streams closed, nothing waited for."""
+        as fine-tuning's export: `--resume` does it) or too many skipped steps in a row (exit 3); returns the exit
+        code. An exception ends this rank at once: streams closed, nothing waited for."""
         self.build()
         step, rng_state = self.restore()
         self.run_log = self._start_run_files(step)
