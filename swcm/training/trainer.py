@@ -109,8 +109,6 @@ class Trainer:
         self.rank = int(os.environ.get("RANK", "0"))
         self.ds_config_path = ds_config_path
         self.ds_config = self._ds_config(cfg.train.micro_batch_size, cfg.train.global_batch_size)
-        # A run directory is ours or new (never a folder of other files) and apart from everything the run reads.
-        check_output_dir(self.out, run_inputs(cfg, ds_config_path, resume_from), overwrite=True)
         _check_out_dir(self.out)
         self.tokenizer = task.check()
         if checkpointing.complete_checkpoints(self.out / "checkpoints") and not (resume or resume_from):
@@ -124,6 +122,8 @@ class Trainer:
             self._fit_to_source()
         elif resume and self.rank == 0:
             log.warning("--resume: no complete checkpoint in %s; starting from step 0", self.out / "checkpoints")
+        # A run directory is ours or new (never a folder of other files) and apart from everything the run reads.
+        check_output_dir(self.out, run_inputs(cfg, ds_config_path, resume_from), overwrite=True)
         # The checks passed: from here this job is the run directory's one writer (rank 0 holds the lock until it
         # ends) and the directory is ours, also if the run fails before its first file.
         self._lock = hold_run_lock(self.out) if self.rank == 0 else None
