@@ -12,8 +12,9 @@ $(VENV_STAMP): setup.py constraints.txt
 	.venv/bin/pip install -q --upgrade pip
 	.venv/bin/pip install -q -c constraints.txt torch==2.13.0
 	.venv/bin/pip install -q -c constraints.txt -e '.[dev]'
-	@# DeepSpeed JIT-builds its CPU collective op on first use (45-90 s): once here, not inside a run's timeouts.
-	DS_ACCELERATOR=cpu .venv/bin/python -c 'from swcm.training.ds_ops import load_shm_comm_op; load_shm_comm_op()'
+	@# DeepSpeed JIT-builds its CPU collective op on first use (1-3 min), in .venv/torch_extensions unless
+	@# TORCH_EXTENSIONS_DIR is set (docs/outputs.md): once here, not inside a run's timeouts.
+	DS_ACCELERATOR=cpu .venv/bin/python -c 'import logging; logging.basicConfig(level=logging.INFO, format="%(message)s"); from swcm.training.ds_ops import load_shm_comm_op; load_shm_comm_op()'
 	touch $(VENV_STAMP)
 
 setup: $(VENV_STAMP)

@@ -19,6 +19,10 @@ NTREX=$D/parallel/ntrex128/ntrex128
 export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p $OUT
 start=$(date +%s)
+# Ctrl-C or SIGTERM: stop here, whatever the current stage's exit status (a training run stopped by a signal saves
+# and exits 0, and the next stage would then use what it has not finished); running the demo again resumes it.
+trap 'echo "demo: interrupted; run it again to resume"; exit 130' INT
+trap 'echo "demo: terminated; run it again to resume"; exit 143' TERM
 
 if [ ! -d $OUT/encoder ]; then
   echo "== 1/10 stand-in encoder: sentencepiece tokenizer on the demo corpus + a small random XLM-R"

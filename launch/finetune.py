@@ -9,7 +9,8 @@ Starts from `model.path` (an HF directory: an export, or `convert_checkpoint.py 
 line: {"source", "target", "src_lang", "tgt_lang"}, or MRC {"question", "context", "answer", "lang"}. Every
 `train.dev_every` steps: dev loss and beam-search chrF / ROUGE-L / BLEU; the best checkpoint by `eval.metric` is
 kept, `eval.patience` evaluations without a better one stop the run; at the end RUN/hf is the best checkpoint as
-an HF directory. SIGTERM / SIGINT save and exit 0; `--resume` continues.
+an HF directory. SIGTERM / SIGINT save and exit 0 without RUN/hf or best.json; `--resume` continues and exports
+at the end. Without a launcher (`python launch/finetune.py ...`) it runs as one process.
 """
 
 import sys

@@ -6,7 +6,8 @@
 
 The same command runs on GPU nodes and on a CPU-only machine (DeepSpeed's CPU accelerator, gloo). SIGTERM or
 SIGINT makes every rank finish its step, save a checkpoint and exit 0; `--resume` continues from the newest
-complete checkpoint in --out.
+complete checkpoint in --out. Without a launcher (`python launch/pretrain.py ...`) it runs as one process.
+One job at a time writes a run directory: a second one on the same --out fails at once, naming the first.
 """
 
 import sys

@@ -1,11 +1,13 @@
 """`make demo` (launch/demo.sh) end to end on a fresh output folder: the demo corpus -> shards -> DeepSpeed
 pretraining on 2 CPU ranks -> checkpoint -> verified HF export -> a generation -> fine-tuning on the NTREX zh->bo
-train pairs -> dev scores before and after (paired bootstrap)."""
+train pairs -> dev scores before and after (paired bootstrap); interrupted once during fine-tuning and resumed."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,14 +59,56 @@ SMALL = {"PRETRAIN_SET": "--set train.max_steps=80 --set train.save_every=40 --s
          "DEV_PAIRS": "48"}
 
 
-@pytest.mark.timeout(1500)   # ~3-4 min on 2 cores
+def _interrupt_the_fine_tuning(out: Path, env: dict) -> None:
+    """Start the demo, press Ctrl-C (SIGINT to its process group) once fine-tuning has saved step 60, and check that
+    the demo stops there (status 130) with no export and no best.json, every process of it gone."""
+    log_path = out.parent / "interrupted.log"
+    with open(log_path, "w") as log:   # a file, not a pipe: nobody reads the output while the demo runs
+        proc = subprocess.Popen(["bash", "launch/demo.sh"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 1200
+        while not (out / "ft" / "checkpoints" / "step_00000060" / "COMPLETE").exists():
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "fine-tuning never saved step 60"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, log_path.read_text()[-3000:]
+        deadline = time.monotonic() + 120   # DeepSpeed's ranks finish their step and save after the script has gone
+        while _session(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _session(proc.pid), "a process of the interrupted demo kept running"
+    finally:
+        if _session(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not (out / "ft" / "best.json").exists() and not (out / "ft" / "hf").exists()
+
+
+def _session(sid: int) -> list[int]:
+    import psutil
+
+    alive = []
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p.pid)
+        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+            pass
+    return alive
+
+
+@pytest.mark.timeout(2400)   # ~3-4 min on 2 cores for the demo, plus the interrupted first run
 def test_demo_runs_end_to_end_and_learns(tmp_path):
+    """Interrupted once during fine-tuning (Ctrl-C), then run again: it resumes and finishes as if uninterrupted."""
     out = tmp_path / "demo"
     env = dict(os.environ, OUT=str(out), PY=sys.executable, DS=str(Path(sys.executable).with_name("deepspeed")),
                **SMALL)
     env.pop("TRITON_INTERPRET", None)
+    _interrupt_the_fine_tuning(out, env)
     res = subprocess.run(["bash", "launch/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "== 9/10 fine-tuning" in res.stdout
+    assert f"resumed from {out / 'ft' / 'checkpoints'}" in res.stdout + res.stderr
 
     # Pretraining: every step logged, the loss falls, the final checkpoint is complete, the export verified.
     rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -132,13 +132,18 @@ def _rank_pids(launcher):
             if any(c.startswith("--local_rank=") for c in p.cmdline())]
 
 
+def _wait_past_the_first_checkpoint(proc, out, steps: int) -> None:
+    """Poll until step 4's checkpoint is complete and `steps` steps are logged (the run still going)."""
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step_00000004" / "COMPLETE").exists() or len(_losses(out)) < steps:
+        assert proc.poll() is None and time.time() < deadline, _log(out)
+        time.sleep(0.05)
+
+
 def test_sigkill_and_resume_reproduce_the_uninterrupted_losses(setup, runs):
     out = setup / "killed"
     proc = _launch(setup, out, "zero0")
-    deadline = time.time() + 300
-    while not (out / "checkpoints" / "step_00000004" / "COMPLETE").exists() or len(_losses(out)) < 6:
-        assert proc.poll() is None and time.time() < deadline, _log(out)
-        time.sleep(0.05)
+    _wait_past_the_first_checkpoint(proc, out, steps=6)
     _rank_pids(proc)[0].send_signal(signal.SIGKILL)
     assert _wait(proc, out) != 0
     proc = _launch(setup, out, "zero0", resume=True)
@@ -148,3 +153,20 @@ def test_sigkill_and_resume_reproduce_the_uninterrupted_losses(setup, runs):
     for step in range(5, STEPS + 1):
         assert got[step] == pytest.approx(ref[step], abs=1e-6), step
     assert json.loads((out / "best.json").read_text()) == json.loads((runs["zero0"] / "best.json").read_text())
+
+
+def test_sigterm_saves_and_exits_0_without_an_export_and_resume_finishes_it(setup, runs):
+    """A SIGTERMed fine-tuning run saves and exits 0 with no RUN/hf and no best.json (a run it has not finished has
+    no best checkpoint to name); --resume finishes it with the uninterrupted run's best.json and exports then."""
+    out = setup / "terminated"
+    proc = _launch(setup, out, "zero0")
+    _wait_past_the_first_checkpoint(proc, out, steps=5)
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert _wait(proc, out) == 0, _log(out)
+    stopped = max(_losses(out))
+    assert stopped < STEPS and (out / "checkpoints" / f"step_{stopped:08d}" / "COMPLETE").exists()
+    assert not (out / "hf").exists() and not (out / "best.json").exists()
+    proc = _launch(setup, out, "zero0", resume=True)
+    assert _wait(proc, out) == 0, _log(out, resume=True)
+    assert json.loads((out / "best.json").read_text()) == json.loads((runs["zero0"] / "best.json").read_text())
+    assert (out / "hf" / "model.safetensors").is_file()

@@ -366,8 +366,8 @@ def test_a_failed_save_ends_the_job_and_resume_skips_a_damaged_checkpoint(assets
     assert len(errors) == 1 and errors[0].startswith(f"error: {partial}") and "no space left on device" in errors[0] \
         and "(rank " in errors[0], errors
     assert "Traceback" not in log, log[-3000:]   # on no rank: the tracebacks are in RUN/errors/
-    kept = sorted((out / "errors").iterdir())
-    assert kept and all("No space left on device" in p.read_text() for p in kept), kept
+    kept = [p.read_text() for p in sorted((out / "errors").iterdir())]   # the failed rank's, and any other's
+    assert any("No space left on device" in text for text in kept) and all(kept), kept
     time.sleep(1)
     assert _session_processes(proc.pid) == [], "a process of the job outlived it"
     assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) <= shm
@@ -425,6 +425,35 @@ def _alone(assets, out, *extra, log_name="alone") -> subprocess.Popen:
     return subprocess.Popen([PY, "launch/pretrain.py", "--config", str(assets / "run.json"), "--deepspeed_config",
                              str(ROOT / "ds_configs" / "zero0.json"), "--out", str(out), *map(str, extra)],
                             cwd=ROOT, env=_alone_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.mark.parametrize("where", ["model", "parent", "child", "foreign"])
+def test_a_run_dir_over_an_input_or_in_a_foreign_dir_is_refused(assets, tmp_path, where, monkeypatch, capsys):
+    """--out is the model, a parent of the model and the shards, inside the model, or a folder of other files: one
+    error line before anything is written, the inputs byte-identical (main() in this process: no process group)."""
+    sys.path.insert(0, str(ROOT / "launch"))
+    import pretrain
+
+    monkeypatch.setenv("RANK", "0")   # as a launcher would: no single-process defaults in this test process
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "chapter1.tex").write_text("years of work")
+    out = {"model": assets / "swcm", "parent": assets, "child": assets / "swcm" / "run",
+           "foreign": tmp_path / "thesis"}[where]
+    inputs = [assets / "swcm", assets / "shards", tmp_path / "thesis"]
+    before = [_snapshot(p) for p in inputs]
+    capsys.readouterr()
+    assert pretrain.main(["--config", str(assets / "run.json"), "--deepspeed_config",
+                          str(ROOT / "ds_configs" / "zero0.json"), "--out", str(out), "--max-steps", "2"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    expect = {"model": "the input", "parent": "contains the input", "child": "lies inside the input",
+              "foreign": "was not written by swcm (it holds chapter1.tex)"}[where]
+    assert len(errors) == 1 and errors[0].startswith(f"error: --out {out} ") and expect in errors[0], errors
+    assert [_snapshot(p) for p in inputs] == before
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"<dir>" for p in sorted(root.rglob("*"))}
 
 
 def test_without_a_launcher_one_process_trains_and_saves(assets):
@@ -580,7 +609,8 @@ def test_unusable_resume_sources_fail_before_the_process_group(assets, elastic, 
         _run([PY, "launch/convert_checkpoint.py", "universal", "--run", ref, "--step", "4", "--out", universal])
     source, stage, env, extra = universal, "zero1", {}, []
     if case == "not_a_checkpoint":
-        source, expect = tmp_path, "neither a universal checkpoint"
+        source, expect = tmp_path / "empty", "neither a universal checkpoint"
+        source.mkdir()
     elif case in ("other_model", "other_tokenizer"):
         source = tmp_path / "u"
         shutil.copytree(universal, source, symlinks=True)

@@ -33,7 +33,7 @@ CASES = {
     "negative lr": (["--set", "train.lr=-0.001"], "train.lr: expected > 0, got -0.001"),
     "negative alpha": (["--set", "data.alpha=-1"], "data.alpha: expected >= 0, got -1.0"),
     "mt_ratio over 1": (["--set", "data.mt_ratio=2"], "data.mt_ratio: expected >= 0 and <= 1, got 2.0"),
-    "zero steps": (["--max-steps", "0"], "train.max_steps: expected >= 1, got 0"),
+    "zero steps": (["--max-steps", "0"], "train.max_steps: expected >= 1 and <= 1e+09, got 0"),
     "out is a file": (["--out", "{file}"], "is a file, expected a run directory"),
     "out not writable": (["--out", "/proc/swcm-run"], "--out /proc/swcm-run: cannot write in /proc"),
     "model is the encoder": (["--set", "model.path={xlmr}"], "model.path: {xlmr}/config.json: not an SWCM model"),

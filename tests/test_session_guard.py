@@ -13,7 +13,7 @@ LEAKY = '''
 import subprocess, sys
 def test_leaks():
     subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    open("/dev/shm/{name}", "wb").write(b"x")
+    open("/dev/shm/{name}", "wb").write(b"x")   # named as DeepSpeed names its buffers: removed after the report
 '''
 
 CLEAN = '''
@@ -32,7 +32,7 @@ def _session(tmp_path, source: str) -> subprocess.CompletedProcess:
 
 
 def test_a_leaky_session_fails_and_is_cleaned_up(tmp_path):
-    name = f"swcm-session-guard-{uuid.uuid4().hex}"
+    name = f"deepspeed_allreduce_buffer_swcm-session-guard-{uuid.uuid4().hex}"
     res = _session(tmp_path, LEAKY.format(name=name))
     assert res.returncode == 1, res.stdout + res.stderr
     assert "did not leave the machine as it found it" in res.stderr

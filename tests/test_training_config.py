@@ -118,7 +118,7 @@ def test_torch_chainable_schedule_does_not_resume_from_its_own_state():
     ("train.lr=-0.001", "train.lr: expected > 0, got -0.001"),
     ("data.alpha=-1", "data.alpha: expected >= 0, got -1.0"),
     ("data.mt_ratio=2", "data.mt_ratio: expected >= 0 and <= 1, got 2.0"),
-    ("train.max_steps=0", "train.max_steps: expected >= 1, got 0"),
+    ("train.max_steps=0", "train.max_steps: expected >= 1 and <= 1e+09, got 0"),
     ("train.betas=[0.9,1.5]", "train.betas: expected each value >= 0 and < 1, got (0.9, 1.5)"),
     ("data.num_workers=-1", "data.num_workers: expected >= 0, got -1"),
     ("model.attn_implementation=flash", "model.attn_implementation: expected one of auto|eager|sdpa|triton, got 'flash'"),

@@ -62,6 +62,7 @@ def run(doc: str, config_help: str, config_cls, make_task, argv=None) -> int:
         logging.getLogger(__name__).info("no launcher: running as one process (world size 1)")
     from swcm.config import ConfigError, load_config
     from swcm.data.shards import DataError
+    from swcm.output_guard import OutputError
     from swcm.training.failure import exit_on_failure
     from swcm.training.shm import release_shm_buffers
     from swcm.training.trainer import Trainer
@@ -71,7 +72,7 @@ def run(doc: str, config_help: str, config_cls, make_task, argv=None) -> int:
         cfg = load_config(args.config, overrides, cls=config_cls)
         trainer = Trainer(cfg, args.deepspeed_config, args.out, task=make_task(cfg, args.out), resume=args.resume,
                           resume_from=args.resume_from)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:

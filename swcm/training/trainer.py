@@ -33,7 +33,7 @@ import torch.distributed as dist
 from swcm.atomic_write import write_atomic
 from swcm.config import ConfigError, RunConfig
 from swcm.modeling_swcm import resolve_attn_implementation
-from swcm.output_guard import mark_ours
+from swcm.output_guard import check_output_dir, mark_ours
 from swcm.seq2seq_layout import scored
 from swcm.training import checkpointing, nonfinite
 from swcm.training import resume as resume_module
@@ -91,6 +91,14 @@ def _check_out_dir(out: Path) -> None:
         raise ConfigError(f"--out {out}: cannot write in {existing} ({e.strerror})") from None
 
 
+def run_inputs(cfg, *paths: str | None) -> list[str]:
+    """What a run reads from disk: the paths named in its config's model and data sections (the model, tokenizer,
+    shards, task files; URLs and `pipe:` sources are not paths) and `paths` (config files, a resume source)."""
+    named = [v for section in ("model", "data") for v in cfg.to_dict().get(section, {}).values()
+             if isinstance(v, str) and v and "://" not in v and not v.startswith("pipe:")]
+    return [p for p in (*named, *paths) if p and Path(p).exists()]
+
+
 class Trainer:
     """Construct (checks only), then `train()`; returns the process exit code."""
 
@@ -102,10 +110,6 @@ class Trainer:
         self.ds_config_path = ds_config_path
         self.ds_config = self._ds_config(cfg.train.micro_batch_size, cfg.train.global_batch_size)
         _check_out_dir(self.out)
-        self._lock = hold_run_lock(self.out) if self.rank == 0 else None   # released when this process ends
-        if self.rank == 0:
-            for partial in checkpointing.remove_incomplete(self.out / "checkpoints"):
-                log.warning("removed %s: a save that did not complete", partial)
         self.tokenizer = task.check()
         if checkpointing.complete_checkpoints(self.out / "checkpoints") and not (resume or resume_from):
             raise ConfigError(f"{self.out}: holds checkpoints already; pass --resume to continue it, or choose "
@@ -118,6 +122,15 @@ class Trainer:
             self._fit_to_source()
         elif resume and self.rank == 0:
             log.warning("--resume: no complete checkpoint in %s; starting from step 0", self.out / "checkpoints")
+        # A run directory is ours or new (never a folder of other files) and apart from everything the run reads.
+        check_output_dir(self.out, run_inputs(cfg, ds_config_path, resume_from), overwrite=True)
+        # The checks passed: from here this job is the run directory's one writer (rank 0 holds the lock until it
+        # ends) and the directory is ours, also if the run fails before its first file.
+        self._lock = hold_run_lock(self.out) if self.rank == 0 else None
+        if self.rank == 0:
+            mark_ours(self.out, "run")
+            for partial in checkpointing.remove_incomplete(self.out / "checkpoints"):
+                log.warning("removed %s: a save that did not complete", partial)
 
     def _ds_config(self, micro_batch: int, global_batch: int) -> dict:
         accel_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -234,7 +247,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ the loop
     def train(self) -> int:
         """Train to `train.max_steps`, or until SIGTERM/SIGINT (save, exit 0, without the task's end-of-run work such
-        as fine-tuning's export: `--resume` does it) or too many skipped steps in a row (exit 3); returns the exit code. An exception ends this rank at once: streams closed, nothing waited for."""
+        as fine-tuning's export: `--resume` does it) or too many skipped steps in a row (exit 3); returns the exit
+        code. An exception ends this rank at once: streams closed, nothing waited for."""
         self.build()
         step, rng_state = self.restore()
         self.run_log = self._start_run_files(step)
@@ -319,7 +333,6 @@ class Trainer:
         if self.rank != 0:
             return None
         self.out.mkdir(parents=True, exist_ok=True)
-        mark_ours(self.out, "run")
         write_atomic(self.out / "config.json", json.dumps(
             {"run": self.cfg.to_dict(), "task": self.task.name, "deepspeed": self.ds_config,
              "world_size": self.world, "attention": self.attention, "lm_head": self.lm_head}, indent=2))
