@@ -25,7 +25,7 @@ from pathlib import Path
 
 from swcm.output_guard import OutputError, check_output_file, check_writable, os_error_line
 from swcm.atomic_write import write_atomic
-from swcm.interrupts import Interrupted, exit_on_interrupt
+from swcm.cli_exit import Interrupted, interrupts_raised
 from swcm.tasks import model_dir
 from swcm.tasks.jsonl import (DataError, check_same_inputs, prediction_lines, read_examples, read_likelihood,
                               read_predictions)
@@ -200,7 +200,7 @@ def evaluate(args) -> None:
 
 def main(argv=None) -> int:
     try:
-        with exit_on_interrupt():
+        with interrupts_raised():
             evaluate(parse_args(argv))
     except (InputError, DataError, model_dir.ModelDirError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -209,7 +209,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Interrupted as e:
-        return e.code
+        print("error: interrupted", file=sys.stderr)
+        return e.exit_code
     return 0
 
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from swcm.closed_pipe import closed_pipe_status
-from swcm.interrupts import Interrupted, exit_on_interrupt
+from swcm.cli_exit import Interrupted, interrupts_raised
 
 
 class UsageError(Exception):
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-len", type=int, default=256, help="source length cap in tokens")
     args = p.parse_args(argv)
     try:
-        with exit_on_interrupt():
+        with interrupts_raised():
             generate(args)
             sys.stdout.flush()
     except UsageError as e:
@@ -138,7 +138,8 @@ def main(argv=None) -> int:
     except BrokenPipeError:
         return closed_pipe_status()
     except Interrupted as e:
-        return e.code
+        print("error: interrupted", file=sys.stderr)
+        return e.exit_code
     return 0
 
 
