@@ -39,6 +39,7 @@ from swcm.training import resume as resume_module
 from swcm.training.ds_config import load_ds_config, micro_batch_size
 from swcm.training.engine import build_engine, init_process_group
 from swcm.training.metrics import LossTracker, device_peak_flops, memory_gb
+from swcm.training.release import release_engine
 from swcm.training.run_log import RunLog, SampleLog
 from swcm.training.shm import release_shm_buffers
 from swcm.training.step_batches import StepBatches, data_layout
@@ -244,7 +245,11 @@ class Trainer:
             batches.close()   # shuts the loader's workers down, also on the way out of an exception
         self._finish(step, exit_code)
         if exit_code == 0:
+            # The export that may follow must not stack on top of the model, gradients and optimizer states.
+            release_engine(self.engine)
+            self.engine = self.scheduler = self.tracker = None
             self.task.finish(self)
+            self._write_perf(process_peak_gb=memory_gb(self.device))
         return exit_code
 
     def _loop(self, step: int, rng_state, batches, stop: StopRequest) -> tuple[int, int]:
@@ -386,14 +391,20 @@ class Trainer:
                            keep_last=self.cfg.train.keep_last, protect=self.task.protected_steps())
         self.last_saved = step
 
+    def _write_perf(self, **extra: float) -> None:
+        """RUN/perf/rank{R}.json: `peak_memory_gb`, this rank's peak by the end of training (the final save included),
+        plus `extra` (at the very end: `process_peak_gb`, the peak over the whole process, end-of-run work included)."""
+        perf = self.out / "perf"
+        perf.mkdir(parents=True, exist_ok=True)
+        write_atomic(perf / f"rank{self.rank}.json", json.dumps({"peak_memory_gb": self.training_peak_gb, **extra}))
+
     def _finish(self, step: int, exit_code: int) -> None:
         if self.rank == 0 and self.run_log is not None:
             self.run_log.close()
             if exit_code == 0 and getattr(self, "last_saved", None) == step:
                 log.info("done: step %d, checkpoint in %s", step,
                          self.out / "checkpoints" / checkpointing.tag_for(step))
-        perf = self.out / "perf"
-        perf.mkdir(parents=True, exist_ok=True)
-        write_atomic(perf / f"rank{self.rank}.json", json.dumps({"peak_memory_gb": memory_gb(self.device)}))
+        self.training_peak_gb = memory_gb(self.device)
+        self._write_perf()
         dist.barrier()
         release_shm_buffers()
