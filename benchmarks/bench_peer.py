@@ -138,10 +138,11 @@ class Watcher(threading.Thread):
     """Samples the RSS of every rank process under `pid` (the launcher) and the load average until stopped. A rank
     is its top process with RANK in the environment (its own children, e.g. the export's verification, are not)."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, on_rank0=None):
         super().__init__(daemon=True)
         self.pid, self.samples, self.hwm, self.loads = pid, {}, {}, []
         self.rank_pids: dict[int, int] = {}
+        self.on_rank0 = on_rank0   # called with rank 0's pid once it is found
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -154,6 +155,8 @@ class Watcher(threading.Thread):
                     if rank is None or rank in self.rank_pids:
                         continue
                     self.rank_pids[rank] = pid
+                    if rank == 0 and self.on_rank0 is not None:
+                        self.on_rank0(pid)
             for rank, pid in self.rank_pids.items():
                 st = _status_kb(pid)
                 if st is not None:
@@ -202,14 +205,24 @@ def run_side(side: str, pair: int, run_dir: Path, cmd_tail: list[str], args, wor
     burners = _burners(args.competing_load)
     started = time.time()
     log = open(work / f"{run_dir.name}.log", "w")
+    profilers = []
+
+    def profile(pid: int) -> None:   # py-spy on rank 0, every thread, idle ones too (waits are what we look for)
+        profilers.append(subprocess.Popen(
+            [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--format", "raw", "--idle",
+             "--rate", "50", "--nonblocking", "-o", str(work / f"{run_dir.name}.pyspy")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
     try:
         proc = subprocess.Popen(launcher + cmd_tail, env=_env(work), stdout=log, stderr=subprocess.STDOUT,
                                 cwd=ROOT)
-        watcher = Watcher(proc.pid)
+        watcher = Watcher(proc.pid, on_rank0=profile if args.profile else None)
         watcher.start()
         code = proc.wait()
         watcher.done.set()
         watcher.join()
+        for prof in profilers:   # py-spy ends with its target and writes its file
+            prof.wait(timeout=60)
     finally:
         for b in burners:
             b.kill()
@@ -290,6 +303,9 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=str(ROOT / "runs" / "bench_peer"))
     p.add_argument("--results", default=str(RESULTS), help="CSV the rows are appended to")
     p.add_argument("--port", type=int, default=29611, help="first master port (each run takes the next one)")
+    p.add_argument("--profile", action="store_true",
+                   help="record rank 0 of each run with py-spy (WORK/<side>_pair<N>.pyspy) and print where the "
+                        "training loop's time goes on each side")
     args = p.parse_args(argv)
     if not 2 <= args.timed_from <= args.steps:
         p.error(f"--timed-from {args.timed_from}: must lie in 2..--steps ({args.steps})")
@@ -333,6 +349,12 @@ def main(argv=None) -> int:
               f"transformers {transformers.__version__}, deepspeed {deepspeed.__version__}, git {sha}")
     print()
     print(markdown(results, command, header))
+    if args.profile:
+        from profile_categories import table
+
+        for pair in range(1, args.pairs + 1):
+            print(f"\npair {pair}, rank 0, py-spy samples of the main thread:\n")
+            print(table({side: work / f"{side}_pair{pair}.pyspy" for side in ("swcm", "hf")}))
     rows = [{"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "git": sha,
              "device": device, "torch": torch.__version__, "transformers": transformers.__version__,
              "deepspeed": deepspeed.__version__, "params_m": round(n_params / 1e6, 1), "vocab": args.vocab,

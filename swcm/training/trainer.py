@@ -55,6 +55,7 @@ class StepResult:
     applied: bool        # False: the update was skipped (non-finite gradients)
     tokens: int          # source + target tokens of the step, all ranks
     seconds: float
+    stop_requested: bool = False   # some rank had a stop request by the end of the step
 
 
 class Throughput:
@@ -191,9 +192,10 @@ class Trainer:
         return torch.stack(grads).norm().item() if grads else 0.0
 
     # ------------------------------------------------------------------------------------------------ the step
-    def train_step(self, batches: list[dict]) -> StepResult:
+    def train_step(self, batches: list[dict], stop: StopRequest | None = None) -> StepResult:
         """One optimizer step over this rank's micro-batches `batches` (collective): the gradient of the step's
-        per-token mean loss over all ranks, applied unless it is not finite."""
+        per-token mean loss over all ranks, applied unless it is not finite. Whether any rank's `stop` was requested
+        by the end of the step rides on the step's closing all-reduce (no collective of its own)."""
         start = time.perf_counter()
         masks = [scored(b["labels"]) for b in batches]
         count = self._reduce([float(sum(int(m.sum()) for m in masks))])[0]   # scored tokens in the step
@@ -219,11 +221,12 @@ class Trainer:
             applied = False
         if grad_norm is None:   # ZeRO 1-3: DeepSpeed's own (None when its norm computation is off)
             grad_norm = self.engine.get_global_grad_norm()
-        stats = self._reduce(torch.cat([sums, sums.new_tensor([float(tokens)])]))
-        loss_sum, bad, all_tokens, n = torch.cat([stats, count.view(1)]).tolist()   # the step's one host sync
+        requested = float(stop is not None and stop.requested)
+        stats = self._reduce(torch.cat([sums, sums.new_tensor([float(tokens), requested])]))
+        loss_sum, bad, all_tokens, stops, n = torch.cat([stats, count.view(1)]).tolist()   # the step's one host sync
         return StepResult(loss=loss_sum / max(n, 1) if bad == 0 else float("nan"),
                           grad_norm=float("nan") if grad_norm is None else float(grad_norm), applied=applied,
-                          tokens=int(all_tokens), seconds=time.perf_counter() - start)
+                          tokens=int(all_tokens), seconds=time.perf_counter() - start, stop_requested=stops > 0)
 
     # ------------------------------------------------------------------------------------------------ the loop
     def train(self) -> int:
@@ -261,7 +264,7 @@ class Trainer:
             if not seeded:   # after the loader has started: its workers and ZeRO-3's set-up may draw from the RNG
                 self._seed_dropout(rng_state)
                 seeded = True
-            result = self.train_step(step_batches)
+            result = self.train_step(step_batches, stop)
             step += 1
             if self.sample_log is not None:
                 self.sample_log.add(step, step_batches)
@@ -271,9 +274,11 @@ class Trainer:
                 return step, self._fail(f"{skipped_in_a_row} steps in a row had non-finite gradients and were "
                                         "skipped (lower train.lr, check the data, or use bf16 rather than fp16)", 3)
             save_now = early_stop = False
+            stopping = result.stop_requested
             if train.dev_every and (step % train.dev_every == 0 or step == total):
                 save_now, early_stop = self.task.after_evaluate(step, self.evaluate(step))
-            stopping = bool(self._reduce([float(stop.requested)], dist.ReduceOp.MAX).item())
+                # a signal may have come during the evaluation: agree on it again (only at evaluation steps)
+                stopping = bool(self._reduce([float(stop.requested)], dist.ReduceOp.MAX).item())
             if stopping or save_now or early_stop or step % train.save_every == 0 or step == total:
                 self.save(step)
             if stopping or early_stop:
