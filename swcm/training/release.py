@@ -11,15 +11,21 @@ log = logging.getLogger(__name__)
 
 
 def release_engine(engine) -> None:
-    """Let go of a DeepSpeed engine's model, gradients and optimizer states: its hooks are removed
-    (`engine.destroy()`), the reference cycles between parameters, hooks and optimizer are collected, and glibc
-    returns the freed pages to the OS (`malloc_trim`), so that later allocations reuse them instead of adding to the
-    process's resident set. The caller must drop its own references to `engine` (and its optimizer / scheduler)."""
+    """Detach a DeepSpeed engine from its model, gradients and optimizer states: its hooks are removed
+    (`engine.destroy()`) and its optimizers, scheduler and module dropped, so that little is left once the caller
+    drops its own references to `engine` (the engine still maps parameters to names) and calls `return_freed_memory`."""
     engine.destroy()
     for holder in ("optimizer", "basic_optimizer", "client_optimizer", "lr_scheduler", "client_lr_scheduler",
                    "module"):
-        if hasattr(engine, holder):   # in case something outside still holds the engine itself
+        if hasattr(engine, holder):
             setattr(engine, holder, None)
+
+
+def return_freed_memory() -> None:
+    """Collect reference cycles (parameters, hooks and optimizers refer to each other) and have glibc return the
+    freed pages to the OS (`malloc_trim`), so that later allocations reuse them instead of adding to the resident set.
+    With `MALLOC_MMAP_THRESHOLD_` set low, large blocks are unmapped on free anyway; without it this is what hands
+    back the heap."""
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)

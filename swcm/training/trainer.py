@@ -39,7 +39,7 @@ from swcm.training import resume as resume_module
 from swcm.training.ds_config import load_ds_config, micro_batch_size
 from swcm.training.engine import build_engine, init_process_group
 from swcm.training.metrics import LossTracker, device_peak_flops, memory_gb
-from swcm.training.release import release_engine
+from swcm.training.release import release_engine, return_freed_memory
 from swcm.training.run_log import RunLog, SampleLog
 from swcm.training.shm import release_shm_buffers
 from swcm.training.step_batches import StepBatches, data_layout
@@ -251,6 +251,7 @@ class Trainer:
             # The export that may follow must not stack on top of the model, gradients and optimizer states.
             release_engine(self.engine)
             self.engine = self.scheduler = self.tracker = None
+            return_freed_memory()
             self.task.finish(self)
             self._write_perf(process_peak_gb=memory_gb(self.device))
         return exit_code
