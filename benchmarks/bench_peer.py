@@ -44,12 +44,14 @@ from pathlib import Path
 from random_model import build_random_swcm
 from results import REPO as ROOT, RESULTS_DIR, append_csv, git_sha
 
+from swcm.atomic_write import write_atomic
+
 RESULTS = RESULTS_DIR / "bench_peer.csv"
 NTREX = ROOT / "data" / "demo" / "parallel" / "ntrex128" / "ntrex128.train"
 SAMPLE_EVERY_S = 0.05   # RSS sampling period: a step of the benchmarked sizes lasts seconds
 GIB = 2 ** 30
 COLUMNS = ("side", "pair", "tokens_per_s", "train_peak_gb_per_rank", "train_peak_gb_max", "process_peak_gb_rank0",
-           "process_peak_gb_max", "loss_last", "load_mean", "load_max", "competing_load", "after_last_step_s")
+           "process_peak_gb_max", "loss_last", "load_mean", "load_max", "competing_load", "after_last_step_s", "wall_s")
 
 
 # ---------------------------------------------------------------------------------------------------- assets
@@ -68,13 +70,13 @@ def build_assets(work: Path, args) -> tuple[Path, Path, Path, int]:
         bo = Path(f"{NTREX}.bo").read_text(encoding="utf-8").splitlines()
         lines = [json.dumps({"source": s, "target": t, "src_lang": "zh", "tgt_lang": "bo"}, ensure_ascii=False)
                  for s, t in zip(zh, bo)]
-        task.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        write_atomic(task, "".join(line + "\n" for line in lines))
     ds = json.loads((ROOT / "ds_configs" / "zero2.json").read_text())
     ds.update(train_micro_batch_size_per_gpu=args.micro_batch, gradient_accumulation_steps=1,
               train_batch_size=args.micro_batch * args.ranks, gradient_clipping=1.0, bf16={"enabled": False},
               fp16={"enabled": False})
     ds_path = work / f"ds_zero2_mb{args.micro_batch}_r{args.ranks}.json"
-    ds_path.write_text(json.dumps(ds, indent=2))
+    write_atomic(ds_path, json.dumps(ds, indent=2))
     return model, task, ds_path, n_params
 
 
@@ -90,7 +92,7 @@ def swcm_config(work: Path, model: Path, task: Path, args) -> Path:
                      "sample_log": True},
            "eval": {"metric": "loss"}}
     path = work / f"finetune_mb{args.micro_batch}.json"
-    path.write_text(json.dumps(cfg, indent=2))
+    write_atomic(path, json.dumps(cfg, indent=2))
     return path
 
 
@@ -185,6 +187,7 @@ def _env(work: Path) -> dict:
     # DeepSpeed's JIT-built CPU op in this venv's own cache: in the shared ~/.cache/torch_extensions, venvs at other
     # paths rebuild it over each other, and a run waits minutes for the build lock before its first step.
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    env.pop("TRITON_INTERPRET", None)   # the Triton interpreter (set by the test suite) is for correctness, never speed
     if not _cuda():
         # One thread a rank on a CPU host: the ranks are the parallelism (CPU-NOTES); the same for both sides.
         env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
@@ -307,8 +310,13 @@ def main(argv=None) -> int:
                    help="record rank 0 of each run with py-spy (WORK/<side>_pair<N>.pyspy) and print where the "
                         "training loop's time goes on each side")
     args = p.parse_args(argv)
+    for name in ("pairs", "micro_batch", "ranks", "layers", "hidden", "heads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
     if not 2 <= args.timed_from <= args.steps:
         p.error(f"--timed-from {args.timed_from}: must lie in 2..--steps ({args.steps})")
+    if args.hidden % args.heads:
+        p.error(f"--hidden {args.hidden}: must be a multiple of --heads ({args.heads})")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     model, task, ds_path, n_params = build_assets(work, args)

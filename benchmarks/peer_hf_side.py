@@ -144,7 +144,9 @@ def main(argv=None) -> int:
                 self.rows[-1]["loss"] = logs["loss"]
 
         def on_train_end(self, targs, state, control, **kw):
-            (out / f"steps_rank{rank}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+            path = out / f"steps_rank{rank}.jsonl"
+            path.with_suffix(".partial").write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+            path.with_suffix(".partial").replace(path)   # complete or absent
 
     targs = Seq2SeqTrainingArguments(
         output_dir=str(out / "hf_trainer"), per_device_train_batch_size=args.micro_batch, max_steps=args.steps,

@@ -3,12 +3,13 @@ config with auto_map, modeling file, safetensors, tokenizer), for the training b
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 
 def build_random_swcm(model_dir: Path, *, layers: int, vocab: int, hidden: int = 768, heads: int = 12,
                       ffn: int = 3072, dropout: float = 0.1, seed: int = 0) -> int:
-    """Save a random SWCM model (`layers` encoder layers, a normal decoder layer after every 3 custom ones, tied
+    """Save (atomically) a random SWCM model (`layers` encoder layers, a normal decoder layer after every 3 custom ones, tied
     head, `vocab` embedding rows) with the demo tokenizer plus the language tags to `model_dir`, unless it is
     there already; returns its parameter count. The demo tokenizer uses only the first ~8,000 rows of a larger
     embedding, which changes no cost: every row is trained and every logit computed."""
@@ -24,9 +25,11 @@ def build_random_swcm(model_dir: Path, *, layers: int, vocab: int, hidden: int =
         config = SWCMConfig.from_pretrained(str(model_dir))
         with torch.device("meta"):
             return sum(p.numel() for p in SWCMForConditionalGeneration(config).parameters())
-    tok_dir = model_dir.with_name(model_dir.name + "_tokenizer")
-    build_demo_tokenizer(tok_dir, vocab_size=8000)
-    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    staging = model_dir.with_name(model_dir.name + ".partial")   # renamed into place once complete
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    build_demo_tokenizer(staging / "tokenizer", vocab_size=8000)
+    tok = AutoTokenizer.from_pretrained(str(staging / "tokenizer"))
     ids = add_language_tags(tok, DEFAULT_LANG_CODES)
     if vocab < len(tok):
         raise ValueError(f"--vocab {vocab}: the demo tokenizer with its language tags has {len(tok)} tokens")
@@ -35,6 +38,8 @@ def build_random_swcm(model_dir: Path, *, layers: int, vocab: int, hidden: int =
                         lang_token_ids=ids, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     torch.manual_seed(seed)
     model = SWCMForConditionalGeneration(config)
-    model.save_pretrained(str(model_dir))
-    tok.save_pretrained(str(model_dir))
+    model.save_pretrained(str(staging / "model"))
+    tok.save_pretrained(str(staging / "model"))
+    (staging / "model").rename(model_dir)
+    shutil.rmtree(staging)
     return sum(p.numel() for p in model.parameters())

@@ -53,7 +53,7 @@ class StepResult:
     loss: float          # per-token mean over the step, all ranks (NaN if a loss was not finite)
     grad_norm: float
     applied: bool        # False: the update was skipped (non-finite gradients)
-    tokens: int          # source + target tokens of the step, all ranks
+    tokens: int          # source + scored target tokens of the step, all ranks
     seconds: float
     stop_requested: bool = False   # some rank had a stop request by the end of the step
 
@@ -71,8 +71,12 @@ class Throughput:
         self.start = time.perf_counter()
 
     def add(self, batch: dict) -> int:
-        """Count one micro-batch; returns its tokens (source + target where there is a decoder)."""
-        tokens = sum(int(batch[k].sum()) for k in ("attention_mask", "decoder_attention_mask") if k in batch)
+        """Count one micro-batch; returns its tokens: source tokens, plus the scored target tokens where there is a
+        decoder (not the decoder's unscored input after `</s>`, so that tokens/s counts what is trained on, as a
+        Hugging Face user counts it from the labels)."""
+        tokens = int(batch["attention_mask"].sum())
+        if "decoder_attention_mask" in batch:
+            tokens += int(scored(batch["labels"]).sum())
         self.tokens += tokens
         self.samples += 0 if batch.get("is_padding") else len(batch["attention_mask"])
         self.flops += self.flops_of(batch)
