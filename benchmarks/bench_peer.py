@@ -341,8 +341,9 @@ def main(argv=None) -> int:
                 plan = work / "plan"
                 shutil.rmtree(plan, ignore_errors=True)
                 shutil.copytree(run_dir / "samples", plan)
-            if side == "swcm":
-                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)   # GBs a run at full size
+            if side == "swcm":   # GBs a run at full size, measured already
+                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+                shutil.rmtree(run_dir / "hf", ignore_errors=True)
 
     import deepspeed
     import torch
