@@ -176,8 +176,10 @@ class Watcher(threading.Thread):
 
 
 def _burners(n: int) -> list[subprocess.Popen]:
-    """`n` processes that keep a core busy (the competing load), at the ranks' priority."""
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    """`n` processes that keep a core busy (the competing load), at the ranks' priority; each ends by itself when the
+    benchmark's process is gone (even if it is killed)."""
+    spin = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass"
+    return [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(n)]
 
 
 # ---------------------------------------------------------------------------------------------------- one run
@@ -321,6 +323,17 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     model, task, ds_path, n_params = build_assets(work, args)
     config = swcm_config(work, model, task, args)
+
+    import deepspeed
+    import torch
+    import transformers
+
+    device = torch.cuda.get_device_name() if _cuda() else f"cpu ({os.cpu_count()} cores)"
+    sha = git_sha()
+    facts = {"git": sha, "device": device, "torch": torch.__version__, "transformers": transformers.__version__,
+             "deepspeed": deepspeed.__version__, "params_m": round(n_params / 1e6, 1), "vocab": args.vocab,
+             "layers": args.layers, "hidden": args.hidden, "ranks": args.ranks, "micro_batch": args.micro_batch,
+             "steps": args.steps, "timed_from": args.timed_from}
     plan = None
     results, port = [], args.port
     for pair in range(1, args.pairs + 1):
@@ -335,7 +348,12 @@ def main(argv=None) -> int:
                         "--ds-config", str(ds_path), "--out", str(run_dir), "--steps", str(args.steps),
                         "--micro-batch", str(args.micro_batch), "--max-len", str(args.max_len), "--plan", str(plan)]
             print(f"pair {pair}: {side} ...", flush=True)
-            results.append(run_side(side, pair, run_dir, tail, args, work, port))
+            result = run_side(side, pair, run_dir, tail, args, work, port)
+            results.append(result)
+            # each run's row as soon as it is measured: an interrupted benchmark keeps what it finished
+            append_csv(args.results, [{"date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"), **facts, **{k: round(v, 4) if isinstance(v, float) else v
+                                                 for k, v in ((k, result[k]) for k in COLUMNS)}}])
             port += 1
             if side == "swcm" and plan is None:
                 plan = work / "plan"
@@ -345,12 +363,6 @@ def main(argv=None) -> int:
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
                 shutil.rmtree(run_dir / "hf", ignore_errors=True)
 
-    import deepspeed
-    import torch
-    import transformers
-
-    device = torch.cuda.get_device_name() if _cuda() else f"cpu ({os.cpu_count()} cores)"
-    sha = git_sha()
     command = "python benchmarks/bench_peer.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"{n_params / 1e6:.1f}M parameters (V {args.vocab:,}, {args.layers} layers, hidden {args.hidden}), "
               f"{args.ranks} ranks x micro-batch {args.micro_batch}, {args.steps} steps (timed {args.timed_from}-"
@@ -364,13 +376,6 @@ def main(argv=None) -> int:
         for pair in range(1, args.pairs + 1):
             print(f"\npair {pair}, rank 0, py-spy samples of the main thread:\n")
             print(table({side: work / f"{side}_pair{pair}.pyspy" for side in ("swcm", "hf")}))
-    rows = [{"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "git": sha,
-             "device": device, "torch": torch.__version__, "transformers": transformers.__version__,
-             "deepspeed": deepspeed.__version__, "params_m": round(n_params / 1e6, 1), "vocab": args.vocab,
-             "layers": args.layers, "hidden": args.hidden, "ranks": args.ranks, "micro_batch": args.micro_batch,
-             "steps": args.steps, "timed_from": args.timed_from,
-             **{k: round(r[k], 4) if isinstance(r[k], float) else r[k] for k in COLUMNS}} for r in results]
-    append_csv(args.results, rows)
     return 0
 
 
