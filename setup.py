@@ -4,14 +4,19 @@ setup(
     name="swcm",
     version="0.1.0",
     description="XLM-SWCM shared-weight encoder-decoder pretraining for extremely low-resource languages",
-    packages=find_packages(include=["swcm", "swcm.*", "kernels", "kernels.*"]),
+    # The Triton kernels live in the top-level folder kernels/ but install under an import name of our own:
+    # `kernels` is Hugging Face's package (a dependency of transformers >= 5.25), and the folder has no
+    # __init__.py, so at the repository root it cannot shadow theirs either.
+    packages=find_packages(include=["swcm", "swcm.*"]) + ["swcm_kernels"],
+    package_dir={"swcm_kernels": "kernels"},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
-        "transformers>=5.0,<6",
+        "transformers>=5.23,<6",   # 5.23.0 (make test-transformers-floor) to 5.25.0 (constraints.txt)
         "deepspeed>=0.16",
         "webdataset>=0.2.86",
         "sentencepiece>=0.2",
+        "protobuf>=4",   # sentencepiece's ModelProto, to rewrite a trimmed vocabulary
         "safetensors>=0.4",
         "tensorboard>=2.14",
         "numpy>=1.24",

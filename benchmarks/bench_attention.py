@@ -1,4 +1,4 @@
-"""Benchmark kernels.attention.flash_attention against torch.nn.functional.scaled_dot_product_attention:
+"""Benchmark swcm_kernels.attention.flash_attention against torch.nn.functional.scaled_dot_product_attention:
 median time, TFLOP/s and peak memory for forward, backward and full (forward + backward).
 
 Each (variant, mode) runs in its own subprocess; timing, memory and CSV helpers are shared with
@@ -47,7 +47,7 @@ def _worker(args):
         mask = (torch.arange(tk)[None, :] < lengths[:, None]).to(device)
 
     if variant == "triton":
-        from kernels.attention import flash_attention
+        from swcm_kernels.attention import flash_attention
 
         def forward():
             return flash_attention(q, k, v, causal=args.causal, key_padding_mask=mask)

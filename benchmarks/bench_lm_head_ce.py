@@ -1,4 +1,4 @@
-"""Benchmark the fused LM head + cross-entropy (kernels.lm_head_ce) against naive
+"""Benchmark the fused LM head + cross-entropy (swcm_kernels.lm_head_ce) against naive
 F.linear + F.cross_entropy: median time, TFLOP/s and peak memory for forward, backward and full
 (forward + backward) steps.
 
@@ -166,7 +166,7 @@ def run_workers(script, variants, modes, worker_args):
 
 def _worker(args):
     """Build the inputs once, time one (variant, mode), print one RESULT line."""
-    from kernels.lm_head_ce import _default_chunk_size, fused_linear_cross_entropy, lm_head_ce_reference
+    from swcm_kernels.lm_head_ce import _default_chunk_size, fused_linear_cross_entropy, lm_head_ce_reference
 
     variant, mode = args.worker.split(":")
     device = torch.device(args.device)

@@ -32,11 +32,12 @@ RESULTS = RESULTS_DIR / "bench_train.csv"
 DEMO = ROOT / "data" / "demo"
 
 
-def build_assets(work: Path, layers: int, vocab: int) -> Path:
-    """A random SWCM model of CINO-base-v2 width (hidden 768, 12 heads, FFN 3072, `vocab` rows) with the demo
-    tokenizer, and shards of the demo text; returns the run config path."""
+def build_assets(work: Path, layers: int, vocab: int, hidden: int = 768) -> Path:
+    """A random SWCM model of CINO-base-v2 width (hidden 768, 12 heads, FFN 3072; heads and FFN scale with `hidden`
+    as in XLM-R, one head per 64 dimensions), `vocab` rows, with the demo tokenizer, and shards of the demo text;
+    returns the run config path."""
     model_dir = work / "model"
-    build_random_swcm(model_dir, layers=layers, vocab=vocab)
+    build_random_swcm(model_dir, layers=layers, vocab=vocab, hidden=hidden, heads=hidden // 64, ffn=4 * hidden)
     shards = work / "shards"
     if not (shards / "index.json").exists():
         ntrex = DEMO / "parallel" / "ntrex128" / "ntrex128.train"

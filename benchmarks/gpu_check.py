@@ -8,7 +8,7 @@
               TFLOP/s (bench_attention.flop_count; causal halves it) and triton/sdpa ratio. Correct when the output
               and dq, dk, dv are within 2x SDPA-flash's own error against the fp32 reference, plus the bf16 floor
               (tests/kernel_utils.py).
-  c. LM head  kernels.lm_head_ce.fused_linear_cross_entropy against the naive F.linear + F.cross_entropy and, when
+  c. LM head  swcm_kernels.lm_head_ce.fused_linear_cross_entropy against the naive F.linear + F.cross_entropy and, when
               liger-kernel imports, LigerFusedLinearCrossEntropyLoss: N 8,192, H 768, V in {135,140, 250,002}, bf16,
               forward + backward time and peak memory. Correct when the fused loss and gradients are within the CE
               table of tests/kernel_utils.py against an fp32 naive computation.
@@ -158,7 +158,7 @@ def _time_fwd_bwd(ctx, fn, q, k, v, dout):
 
 def part_attention(ctx):
     """Per (T, causal): correctness by the 2x rule, then time and TFLOP/s of both implementations."""
-    from kernels.attention import attention_reference, flash_attention
+    from swcm_kernels.attention import attention_reference, flash_attention
 
     s = ctx.shapes
     dtype = torch.bfloat16
@@ -213,7 +213,7 @@ def _liger_loss():
 def part_lm_head(ctx):
     """Per vocabulary size: the fused head's loss and gradients against fp32, then time and peak memory of the
     naive, fused and (if installed) Liger heads, forward + backward."""
-    from kernels.lm_head_ce import fused_linear_cross_entropy, lm_head_ce_reference
+    from swcm_kernels.lm_head_ce import fused_linear_cross_entropy, lm_head_ce_reference
 
     s = ctx.shapes
     dtype = torch.bfloat16

@@ -53,7 +53,7 @@ import operator
 
 import torch
 
-from . import triton_interpreter_state
+from .triton_support import triton_interpreter_state
 
 try:
     import triton
@@ -80,7 +80,7 @@ else:
 
 
 if triton is not None:
-    from .store import cast_for_store
+    from .triton_support import cast_for_store
 
 
     @triton.jit
@@ -370,12 +370,12 @@ def _checked_seed(seed):
 def _check_can_launch(device):
     """RuntimeError unless triton can launch kernels on tensors of this device here."""
     if triton is None:
-        raise RuntimeError("kernels.attention needs triton, which failed to import")
+        raise RuntimeError("swcm_kernels.attention needs triton, which failed to import")
     if _INTERPRET_REQUESTED and not _INTERPRETED:
         raise RuntimeError("TRITON_INTERPRET=1 was set after triton was first imported, so its kernels can run "
                            "neither interpreted nor compiled; set it before anything imports triton")
     if device.type != "cuda" and not _INTERPRETED:
-        raise RuntimeError(f"kernels.attention got {device.type} tensors but triton can only launch on CUDA; "
+        raise RuntimeError(f"swcm_kernels.attention got {device.type} tensors but triton can only launch on CUDA; "
                            "set TRITON_INTERPRET=1 before triton is first imported to run the (slow) "
                            "interpreter, or fall back to scaled_dot_product_attention")
 

@@ -27,7 +27,7 @@ Tested on CPU: both impls (triton under the interpreter) by tests/test_kernel_lm
 import torch
 import torch.nn.functional as F
 
-from . import triton_interpreter_state
+from .triton_support import triton_interpreter_state
 
 try:
     import triton
@@ -36,7 +36,7 @@ except ImportError:  # the torch impl works without triton
     triton = None
 
 # Triton kernels run on CPU tensors only if triton was imported with TRITON_INTERPRET=1, and on CUDA
-# only if it was not (see kernels.triton_interpreter_state).
+# only if it was not (see triton_support.triton_interpreter_state).
 _INTERPRET_REQUESTED, _INTERPRETED = triton_interpreter_state()
 
 # Columns per step of the row kernel. On a GPU, 8192 fp32 values are 32 KiB per row block, a size
@@ -70,7 +70,7 @@ def _default_chunk_size(n_rows, hidden_size, vocab_size):
 
 if triton is not None:
 
-    from .store import cast_for_store
+    from .triton_support import cast_for_store
 
     @triton.jit
     def _ce_rows_kernel(LOGITS, stride_row, LABELS, LOSSES, inv_n_valid, n_cols, ignore_index, label_smoothing,
@@ -210,6 +210,13 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
         return scaled + (None,) * 6
 
 
+def resolve_impl(device: torch.device) -> str:
+    """What impl="auto" runs for tensors on `device`: "triton" when its kernel can launch there, else "torch"."""
+    can_launch = triton is not None and _INTERPRET_REQUESTED == _INTERPRETED and (
+        device.type == "cuda" or _INTERPRETED)
+    return "triton" if can_launch else "torch"
+
+
 def fused_linear_cross_entropy(hidden, weight, labels, bias=None, *, ignore_index=-100, label_smoothing=0.0,
                                chunk_size=None, return_token_losses=False, impl="auto"):
     """Mean cross-entropy of F.linear(hidden, weight, bias) against labels, never materialising the
@@ -229,8 +236,7 @@ def fused_linear_cross_entropy(hidden, weight, labels, bias=None, *, ignore_inde
         raise ValueError("hidden, weight and bias must share one dtype")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    triton_can_run = triton is not None and _INTERPRET_REQUESTED == _INTERPRETED and (
-        hidden.device.type == "cuda" or _INTERPRETED)
+    triton_can_run = resolve_impl(hidden.device) == "triton"
     if impl == "triton" and not triton_can_run:
         raise RuntimeError("impl='triton' needs triton with CUDA tensors, or TRITON_INTERPRET=1 set before triton "
                            "is first imported; use impl='torch' or 'auto'")

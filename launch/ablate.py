@@ -3,10 +3,13 @@
 
     python launch/ablate.py [--config configs/ablations/mini.json] [--smoke] --out DIR [--set key=value ...]
 
-From one small XLM-R encoder pretrained here with masked LM, every row (SWCM, the random decoder, BASE-A, BASE-B,
--MT, -DAE, the HF EncoderDecoderModel warm start, ...) gets the same seq2seq pretraining budget and the same
-fine-tuning on the NTREX zh->bo/kk/mn/ug train pairs, and is scored on the dev pairs by launch/evaluate.py
-(chrF, ROUGE-L; paired bootstrap against SWCM). Writes DIR/results.md, results.csv, runs.csv and results.png.
+From one small XLM-R encoder pretrained here with masked LM, every row gets the same seq2seq pretraining budget and
+the same fine-tuning on the NTREX zh->bo/kk/mn/ug train pairs, and is scored on the dev pairs by launch/evaluate.py
+--model, SWCM and the HF warm start alike: held-out NLL first (the primary metric), then chrF and ROUGE-L from beam
+search, degeneracy diagnostics, a constant-output row; paired bootstrap against SWCM. The default config runs SWCM,
+the random decoder and the HF EncoderDecoderModel warm start with 3 seeds each; configs/ablations/full.json adds
+BASE-A, BASE-B, -MT, -DAE and the pretrained warm start. Writes DIR/results.md, results.csv, runs.csv and
+results.png.
 Started again on the same DIR it continues with the stages that are not done (a killed run loses at most the
 stages in progress, which resume from their checkpoints). --smoke is configs/ablations/smoke.json: every stage,
 tiny. What each row is and how the warm start is trained: docs/ablations.md.

@@ -4,13 +4,18 @@
     python launch/convert_checkpoint.py from-encoder --encoder DIR --out DIR [--normal-layer-every 3]
         [--decoder-init encoder|random|duplicate] [--untie-lm-head] [--lang-codes bo,kk,mn,ug,zh]
         [--overwrite] [--seed 0] [--dtype float32|bfloat16] [--license ID]
+        [--trim-vocab CORPUS... [--trim-min-count N]]
+    python launch/convert_checkpoint.py trim-vocab --model DIR --corpus FILES_OR_SHARD_DIRS... --out DIR
+        [--min-count 1] [--keep-characters] [--overwrite]
     python launch/convert_checkpoint.py to-hf --run RUN_DIR --out DIR [--step N] [--dtype float32|bfloat16|float16]
         [--overwrite] [--no-verify] [--license ID]
     python launch/convert_checkpoint.py universal --run RUN_DIR --out DIR [--step N] [--overwrite]
 
 Each subcommand parses its flags and calls one function in swcm/convert/. Bad input (including a checkpoint
-with a missing or truncated file) ends with a one-line `error: ...` on stderr and exit status 2, and nothing
-is written.
+with a missing or truncated file, or an --out that is, holds or lies inside the input) ends with a one-line
+`error: ...` on stderr and exit status 2, and nothing is written; a read-only or full --out is `error: PATH:
+reason` (status 1); SIGINT / SIGTERM is `error: interrupted` (status 130 / 143) with no temporary left behind.
+--overwrite replaces only a directory swcm wrote, never a foreign one.
 """
 
 import argparse
@@ -38,10 +43,15 @@ def add_from_encoder(subparsers) -> None:
     p.add_argument("--untie-lm-head", action="store_true",
                    help="separate, randomly initialised LM head instead of the tied word embedding")
     p.add_argument("--lang-codes", default="bo,kk,mn,ug,zh", help="language tags to add, comma-separated")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that swcm wrote")
     p.add_argument("--seed", type=int, default=0, help="seed for the randomly initialised parts")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="dtype of the saved weights")
     p.add_argument("--license", default="other", help=LICENSE_HELP)
+    p.add_argument("--trim-vocab", nargs="+", metavar="CORPUS", default=None,
+                   help="trim the vocabulary to the pieces these text files / shard directories use (as trim-vocab "
+                        "does), so that pretraining starts trimmed; docs/vocab-trimming.md")
+    p.add_argument("--trim-min-count", type=int, default=1, metavar="N",
+                   help="with --trim-vocab: keep pieces used at least N times (default 1)")
     p.set_defaults(run=run_from_encoder)
 
 
@@ -52,7 +62,35 @@ def run_from_encoder(args) -> None:
     convert_from_encoder(args.encoder, args.out, normal_layer_every=args.normal_layer_every,
                          decoder_init=args.decoder_init, tie_word_embeddings=not args.untie_lm_head,
                          lang_codes=codes, overwrite=args.overwrite, seed=args.seed, dtype=args.dtype,
-                         license=args.license)
+                         license=args.license, trim_corpus=args.trim_vocab, trim_min_count=args.trim_min_count)
+
+
+def add_trim_vocab(subparsers) -> None:
+    p = subparsers.add_parser(
+        "trim-vocab", help="keep only the vocabulary a corpus uses (encoder, SWCM or export dir -> same kind)",
+        description="Keep the special tokens, the language tags and the pieces the corpus's tokenisation uses at "
+                    "least --min-count times; write a directory of the same kind with "
+                    "the embedding / LM-head rows selected, the tokenizer rewritten (plain AutoTokenizer gives the "
+                    "new ids) and trim_map.json (old id of every new id). Exact on what is kept: the corpus "
+                    "tokenises to the mapped ids and the logits at kept ids are unchanged. See docs/vocab-trimming.md.")
+    p.add_argument("--model", required=True, help="HF directory: XLM-R / CINO encoder, SWCM (from-encoder) or export")
+    p.add_argument("--corpus", required=True, nargs="+", metavar="FILE_OR_SHARDS",
+                   help="text files (one document per line) and/or shard directories from prepare_data.py")
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--min-count", type=int, default=1, metavar="N",
+                   help="keep pieces used at least N times (default 1: exact on the whole corpus)")
+    p.add_argument("--keep-characters", action="store_true",
+                   help="also keep every one-character piece, used or not, so that any text the original vocabulary "
+                        "covered still tokenises without <unk> (larger: CJK characters are many)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that swcm wrote")
+    p.set_defaults(run=run_trim_vocab)
+
+
+def run_trim_vocab(args) -> None:
+    from swcm.convert.trim_vocab import trim_vocab
+
+    trim_vocab(args.model, args.corpus, args.out, min_count=args.min_count,
+               keep_characters=args.keep_characters, overwrite=args.overwrite)
 
 
 def add_to_hf(subparsers) -> None:
@@ -65,7 +103,7 @@ def add_to_hf(subparsers) -> None:
     p.add_argument("--out", required=True, help="output directory (written atomically)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest complete one)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that swcm wrote")
     p.add_argument("--no-verify", action="store_true", help="skip the fresh-process logits check")
     p.add_argument("--license", default="other", help=LICENSE_HELP)
     p.set_defaults(run=run_to_hf)
@@ -93,7 +131,7 @@ def add_universal(subparsers) -> None:
     p.add_argument("--run", dest="run_dir", required=True, help="the --out directory of a training run")
     p.add_argument("--out", required=True, help="output directory (written atomically)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest complete one)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that swcm wrote")
     p.set_defaults(run=run_universal)
 
 
@@ -109,20 +147,18 @@ def parse_args(argv=None):
     add_from_encoder(subparsers)
     add_to_hf(subparsers)
     add_universal(subparsers)
+    add_trim_vocab(subparsers)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from swcm.cli_exit import run_reporting
     from swcm.convert import ConversionError
+    from swcm.output_guard import OutputError
 
-    try:
-        args.run(args)
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting(lambda: args.run(args), (ConversionError, OutputError))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
     python launch/generate.py --model runs/demo/hf --src-lang zh --tgt-lang bo --text "..." [--num-beams 5]
     python launch/generate.py --model DIR --src-lang zh --tgt-lang bo --input FILE   # one text per line
 
-Bad input (a setting out of range, an --input that is unreadable or not UTF-8, a --model that is not an exported
-SWCM directory, an unknown language) ends with one `error: ...` line on stderr and exit status 2. A reader that
+Bad input (a setting out of range, an empty --text, more beams than memory allows, an --input that is unreadable or
+not UTF-8, a --model that is not an exported SWCM directory, an unknown language) ends with one `error: ...` line on
+stderr and exit status 2; SIGINT / SIGTERM with `error: interrupted` and status 130 / 143. A reader that
 goes away (`| head -1`) ends it quietly with status 141, as SIGPIPE ends `yes | head`.
 """
 
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 from swcm.closed_pipe import closed_pipe_status
+from swcm.interrupts import Interrupted, exit_on_interrupt
 
 
 class UsageError(Exception):
@@ -54,12 +56,36 @@ def check_model_dir(path: str) -> None:
         raise UsageError(f"--model {path}: {e} (expected an HF directory from convert_checkpoint.py)") from None
 
 
+def check_beams(args, texts: list[str]) -> None:
+    """UsageError when --num-beams exceeds the vocabulary or the memory the beam search needs (all texts in one
+    batch: swcm/tasks/beam_budget.py) exceeds half the memory available now."""
+    import psutil
+
+    from swcm.tasks.beam_budget import beam_search_bytes
+
+    fields = json.loads((Path(args.model) / "config.json").read_text(encoding="utf-8"))
+    if args.num_beams > fields["vocab_size"]:
+        raise UsageError(f"--num-beams {args.num_beams}: more beams than the model has tokens ({fields['vocab_size']})")
+    # Sources are at most --max-len tokens; their real length is not known before tokenising (which needs the
+    # tokenizer): UTF-8 bytes + 3 bound it, as a piece holds at least one character.
+    source_len = min(args.max_len, max(len(t.encode("utf-8")) for t in texts) + 3)
+    need = beam_search_bytes(fields, len(texts), args.num_beams, source_len, args.max_new_tokens)
+    available = psutil.virtual_memory().available
+    if need > available // 2:
+        raise UsageError(f"--num-beams {args.num_beams}: the beam search over {len(texts)} text(s) would need about "
+                         f"{need / 2**30:.1f} GiB, more than half the {available / 2**30:.1f} GiB available; use "
+                         "fewer beams or fewer texts per call")
+
+
 def generate(args) -> None:
     """Print one JSON line {"source", "output"} per source text."""
     _positive("--num-beams", args.num_beams)
     _positive("--max-new-tokens", args.max_new_tokens)
+    if args.text and not all(t.strip() for t in args.text):
+        raise UsageError("--text: empty text (expected a source text to translate)")
     texts = args.text or read_texts(args.input)
     check_model_dir(args.model)
+    check_beams(args, texts)
 
     import torch
     from transformers import AutoModelForSeq2SeqLM
@@ -103,13 +129,16 @@ def main(argv=None) -> int:
     p.add_argument("--max-len", type=int, default=256, help="source length cap in tokens")
     args = p.parse_args(argv)
     try:
-        generate(args)
-        sys.stdout.flush()
+        with exit_on_interrupt():
+            generate(args)
+            sys.stdout.flush()
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return closed_pipe_status()
+    except Interrupted as e:
+        return e.code
     return 0
 
 

@@ -47,8 +47,24 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _out_of_range(args) -> str | None:
+    """The first integer option outside its range, as an error message; None when all are in range."""
+    for flag, value, low in (("--batches", args.batches, 1), ("--epochs", args.epochs, 1),
+                             ("--world-size", args.world_size, 1), ("--rank", args.rank, 0),
+                             ("--num-workers", args.num_workers, 0)):
+        if value is not None and value < low:
+            return f"{flag} {value}: expected {low} or more"
+    if args.rank >= args.world_size:
+        return f"--rank {args.rank}: expected less than --world-size {args.world_size}"
+    return None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    bad = _out_of_range(args)
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from swcm.closed_pipe import closed_pipe_status
     from swcm.config import ConfigError, load_config

@@ -13,8 +13,6 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,12 +30,17 @@ def main(argv=None) -> int:
         s.add_argument("--out", required=True)
         s.add_argument("--limit", type=int, default=0, help="keep the first N records (0 = all)")
     args = p.parse_args(argv)
+    if args.limit < 0:
+        print(f"error: --limit {args.limit}: expected the number of records to keep (0 = all)", file=sys.stderr)
+        return 2
 
     from swcm.atomic_write import write_atomic
+    from swcm.output_guard import OutputError, check_output_file
     from swcm.tasks.jsonl import DataError
     from swcm.tasks.sources import parallel_records, records_text, squad_records
 
     try:
+        check_output_file(args.out, [args.src, args.tgt] if args.mode == "parallel" else [args.input], flag="--out")
         if args.mode == "parallel":
             records = parallel_records(args.src, args.tgt, args.src_lang, args.tgt_lang)
             if args.both_directions:
@@ -49,7 +52,7 @@ def main(argv=None) -> int:
             raise DataError(args.src if args.mode == "parallel" else args.input, None, "no records")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(args.out, records_text(records))
-    except DataError as e:
+    except (DataError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {len(records)} records to {args.out}")

@@ -31,7 +31,7 @@ class ModelConfig(Checked):
 
 @dataclass
 class TrainConfig(Checked):
-    max_steps: int = bounded(1000, ge=1)
+    max_steps: int = bounded(1000, ge=1, le=10 ** 9)   # more than any run takes (a year at 30 steps/s): a typo
     lr: float = bounded(1e-4, gt=0)                    # paper: AdamW, peak 1e-4
     warmup_ratio: float = bounded(0.1, ge=0, le=1)     # paper: linear warmup over 10% of the steps, linear decay
     weight_decay: float = bounded(0.01, ge=0)

@@ -2,7 +2,9 @@
 
 The whole model is in this one file (config, attention, layers, model) so that a reader can hold it in their
 head, and so that an exported checkpoint loads with `trust_remote_code=True` where swcm is not installed: this
-file imports only torch and transformers. swcm's Triton kernels are used when importable and skipped otherwise.
+file imports only torch and transformers, and its siblings in an export (the batch layout and swcm's kernels, which
+`save_pretrained` writes beside it). A kernel path that was asked for and cannot load is an error, never a silent
+fallback; `attn_implementation='auto'` on CUDA without the kernels runs SDPA and says why once.
 
 Architecture (Su et al., ACL 2025, "Multilingual Encoder Knows more than You Realize"; see DESIGN.md §2):
 
@@ -33,7 +35,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.util
 import math
+import os
+import shutil
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -45,8 +51,11 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+from transformers.utils import logging
 
 from .seq2seq_layout import IGNORE_INDEX, decoder_mask_from_labels, shift_right
+
+logger = logging.get_logger(__name__)
 
 DECODER_INITS = ("encoder", "random", "duplicate")
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "triton")
@@ -66,7 +75,7 @@ class SWCMConfig(PreTrainedConfig):
     # model_type it knows keeps it from asking. The model itself still comes from this file through auto_map
     # (`trust_remote_code=True`); swcm tells its directories apart by that auto_map (swcm/hf_dir.py).
     model_type = "xlm-roberta"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
 
     # Encoder (XLM-R base values as defaults).
     vocab_size: int = 250002
@@ -122,6 +131,13 @@ class SWCMConfig(PreTrainedConfig):
         self.decoder_layers = depth
         super().__post_init__(**kwargs)
 
+    def save_pretrained(self, save_directory, **kwargs):
+        """transformers' save, plus `auto_map` and the files remote code needs (`write_remote_code`). Saving a model
+        saves its config through this too."""
+        self.auto_map = dict(AUTO_MAP)
+        super().save_pretrained(save_directory, **kwargs)
+        write_remote_code(save_directory)
+
     @property
     def layer_pattern(self) -> str:
         """Decoder layer kinds in order, 'C' custom and 'N' normal, e.g. 'CCCNCCCNCCCNCCC' for 12 layers, X=3."""
@@ -150,27 +166,78 @@ class SWCMConfig(PreTrainedConfig):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Attention: the one place where eager / SDPA / Triton are chosen
+# swcm's kernels (attention, fused LM head + loss): where they load from, and never a silent fallback
 # ----------------------------------------------------------------------------------------------------------------
+
+# An export carries the kernel files beside this one: transformers copies (and downloads from the Hub) the files a
+# remote modeling file imports relatively, so `_kernel_beside_this_file` names them literally. An installed swcm
+# has them under the import name `swcm_kernels` (never `kernels`: that is Hugging Face's package).
+KERNEL_MODULES = ("attention", "lm_head_ce", "triton_support")
+
+
+def _kernel_beside_this_file(name: str):
+    if name == "attention":
+        from .attention import flash_attention as entry
+    else:
+        from .lm_head_ce import fused_linear_cross_entropy as entry
+    return sys.modules[entry.__module__]
 
 
 @functools.cache
-def _optional_kernel(module: str, name: str):
-    """`module.name` from swcm's kernels if importable, else None. Imported lazily, so that loading the model
-    never imports triton unless a kernel path is actually used."""
+def _load_kernel(name: str):
+    """(module, None) or (None, why it cannot be imported). Imported lazily and once, so that loading the model
+    never imports triton unless a kernel path is used."""
     try:
-        return getattr(importlib.import_module(module), name)
-    except ImportError:
-        return None
+        return _kernel_beside_this_file(name), None
+    except ImportError as e:
+        beside = e
+    try:
+        return importlib.import_module(f"swcm_kernels.{name}"), None
+    except ImportError as e:
+        return None, f"not beside the modeling file ({beside}) nor installed as swcm_kernels.{name} ({e})"
+
+
+def kernel_module(name: str):
+    """swcm's kernel module `name` ('attention' or 'lm_head_ce'); ImportError naming the cause when it cannot load."""
+    module, why = _load_kernel(name)
+    if module is None:
+        raise ImportError(f"swcm's kernel module {name!r} cannot be imported: {why}")
+    return module
+
+
+def triton_attention_unavailable() -> str | None:
+    """Why swcm's Triton attention cannot run on CUDA here (None when it can)."""
+    module, why = _load_kernel("attention")
+    if module is None:
+        return why
+    return "triton is not installed" if module.triton is None else None
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    logger.warning(message)
 
 
 def resolve_attn_implementation(impl: str, device) -> str:
-    """The attention path `impl` takes for tensors on `device`: 'auto' is swcm's Triton flash attention on CUDA
-    (when its kernels import) and SDPA elsewhere; any other name is itself."""
+    """The attention path `impl` takes for tensors on `device`: 'auto' is swcm's Triton flash attention on CUDA and
+    SDPA elsewhere (on CUDA without the kernels: SDPA, with one warning naming the cause); any other name is itself."""
     if impl != "auto":
         return impl
-    cuda = torch.device(device).type == "cuda"
-    return "triton" if cuda and _optional_kernel("kernels.attention", "flash_attention") is not None else "sdpa"
+    if torch.device(device).type != "cuda":
+        return "sdpa"
+    why = triton_attention_unavailable()
+    if why is None:
+        return "triton"
+    _warn_once(f"attn_implementation 'auto' runs SDPA on CUDA: swcm's Triton attention is unavailable ({why})")
+    return "sdpa"
+
+
+def resolve_lm_head(config, device) -> str:
+    """The LM head + loss path a training forward takes on `device`: 'fused-triton' / 'fused-torch' (chunked, never
+    the N x V logits) or 'naive' (config.fused_lm_head_ce false). ImportError when the fused head cannot load."""
+    if not config.fused_lm_head_ce:
+        return "naive"
+    return f"fused-{kernel_module('lm_head_ce').resolve_impl(torch.device(device))}"
 
 
 def attention(q, k, v, *, key_padding_mask=None, causal=False, impl="sdpa", dropout_p=0.0, training=False):
@@ -186,11 +253,7 @@ def attention(q, k, v, *, key_padding_mask=None, causal=False, impl="sdpa", drop
     dropout_p = dropout_p if training else 0.0
     impl = resolve_attn_implementation(impl, q.device)
     if impl == "triton":
-        flash_attention = _optional_kernel("kernels.attention", "flash_attention")
-        if flash_attention is None:
-            raise ImportError("attn_implementation='triton' needs swcm's kernels (kernels.attention), which are not "
-                              "importable here; use attn_implementation='sdpa' or 'auto'")
-        return flash_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
+        return kernel_module("attention").flash_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
 
     mask = None  # bool, broadcastable to (B, H, Tq, Tk), True = attend
     if key_padding_mask is not None:
@@ -545,8 +608,7 @@ class LMHead(nn.Linear):
         scored = labels.ne(IGNORE_INDEX)
         y = labels[scored]
         smoothing = self.config.label_smoothing
-        fused = _optional_kernel("kernels.lm_head_ce", "fused_linear_cross_entropy") \
-            if self.config.fused_lm_head_ce else None
+        fused = kernel_module("lm_head_ce").fused_linear_cross_entropy if self.config.fused_lm_head_ce else None
         logits = None
         if fused is not None and y.numel() > 0:
             # Only the scored rows go through the kernel: pads cost nothing. It returns their mean.
@@ -567,6 +629,10 @@ class LMHead(nn.Linear):
 # ----------------------------------------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------------------------------------
+
+
+# transformers 5.25 renamed the outputs' (and generate's) `past_key_values` to `cache`.
+_CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
 
 
 @dataclass
@@ -591,7 +657,7 @@ class SWCMForConditionalGeneration(PreTrainedModel, GenerationMixin):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["EncoderLayer", "CustomDecoderLayer", "NormalDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     # Attention reads config._attn_implementation at call time, so set_attn_implementation() works; transformers'
     # source-code heuristic for that looks for its own AttentionInterface lookup and would refuse.
     _can_set_attn_implementation_cached_value = True
@@ -714,13 +780,14 @@ class SWCMForConditionalGeneration(PreTrainedModel, GenerationMixin):
             word_embeddings.tied_grad = self.lm_head.tied_grad = None
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
-                encoder_outputs=None, past_key_values=None, labels=None, use_cache=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, num_items_in_batch=None,
+                encoder_outputs=None, cache=None, labels=None, use_cache=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, num_items_in_batch=None, past_key_values=None,
                 **kwargs) -> SWCMSeq2SeqLMOutput | tuple:
         """Logits (or, with labels, loss + token_losses) for decoder_input_ids given the source.
 
-        Pass input_ids (+ attention_mask) or precomputed encoder_outputs. past_key_values: an
-        EncoderDecoderCache (generate() makes one); with it, decoder_input_ids are only the new tokens.
+        Pass input_ids (+ attention_mask) or precomputed encoder_outputs. cache: an EncoderDecoderCache (generate()
+        makes one; transformers < 5.25 passes it as `past_key_values`); with it, decoder_input_ids are only the new
+        tokens.
         num_items_in_batch: the loss divisor (scored tokens over every micro-batch and rank of an optimizer step,
         as the HF Trainer passes it), so that the step's gradient is that of a per-token mean; default: this
         batch's scored tokens.
@@ -736,6 +803,7 @@ class SWCMForConditionalGeneration(PreTrainedModel, GenerationMixin):
             raise ValueError("SWCM does not return attention weights (output_attentions=True)")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         use_cache = (use_cache if use_cache is not None else self.config.use_cache) and labels is None
+        past_key_values = cache if cache is not None else past_key_values
 
         with self._summing_tied_gradient(labels):
             if encoder_outputs is None:
@@ -765,12 +833,25 @@ class SWCMForConditionalGeneration(PreTrainedModel, GenerationMixin):
             logits, loss, token_losses = self.lm_head(hidden, labels, num_items_in_batch)
 
         out = SWCMSeq2SeqLMOutput(
-            loss=loss, logits=logits, past_key_values=past_key_values, decoder_hidden_states=decoder_hidden_states,
+            loss=loss, logits=logits, **{_CACHE_FIELD: past_key_values}, decoder_hidden_states=decoder_hidden_states,
             encoder_last_hidden_state=encoder_hidden, encoder_hidden_states=encoder_outputs.hidden_states,
             token_losses=token_losses)
         return out if return_dict else out.to_tuple()
 
 
-# save_pretrained copies this file into the checkpoint and writes `auto_map`, so Auto* classes load it remotely.
-SWCMConfig.register_for_auto_class()
-SWCMForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
+# What `trust_remote_code=True` needs where swcm is not installed. Not transformers' `register_for_auto_class`: that
+# copies only files that this one imports relatively from swcm/, and swcm's kernels live in the kernels/ folder.
+AUTO_MAP = {"AutoConfig": "modeling_swcm.SWCMConfig",
+            "AutoModelForSeq2SeqLM": "modeling_swcm.SWCMForConditionalGeneration"}
+
+
+def write_remote_code(save_directory) -> None:
+    """Writes beside config.json in `save_directory` this modeling file, the batch layout and swcm's kernel sources,
+    so that the Auto classes load the directory with `trust_remote_code=True` and its kernels where swcm is absent."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    files = [os.path.join(here, "modeling_swcm.py"), os.path.join(here, "seq2seq_layout.py")]
+    for name in KERNEL_MODULES:
+        beside = os.path.join(here, f"{name}.py")   # a remote-code copy of this file has them beside it
+        files.append(beside if os.path.isfile(beside) else importlib.util.find_spec(f"swcm_kernels.{name}").origin)
+    for f in files:
+        shutil.copyfile(f, os.path.join(save_directory, os.path.basename(f)))

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 DEFAULT_LANG_CODES = ("bo", "kk", "mn", "ug", "zh")
+# Written by `convert_checkpoint.py trim-vocab` beside a trimmed tokenizer: {"old_ids": [...], "source_fingerprint", ...}
+TRIM_MAP_NAME = "trim_map.json"
 
 
 def lang_tag(code: str) -> str:
@@ -23,11 +25,13 @@ def lang_tag(code: str) -> str:
 
 
 def train_sentencepiece_tokenizer(files: Sequence[str | Path], out_dir: str | Path, vocab_size: int = 8000,
-                                  max_sentences: int = 50_000, seed_sentences: bool = True):
+                                  max_sentences: int = 50_000, seed_sentences: bool = True,
+                                  with_sentencepiece_model: bool = False):
     """Train a unigram sentencepiece model on `files` and save it as an XLM-R tokenizer in `out_dir`.
 
     Returns the loaded `XLMRobertaTokenizer`. `max_sentences` caps the lines sentencepiece samples
-    (it shuffles the input, so every file contributes).
+    (it shuffles the input, so every file contributes). `with_sentencepiece_model` also saves the model itself
+    (`sentencepiece.bpe.model`, beside tokenizer.json, as real XLM-R / CINO directories have it).
     """
     import sentencepiece as spm
     from transformers import AutoTokenizer
@@ -50,6 +54,8 @@ def train_sentencepiece_tokenizer(files: Sequence[str | Path], out_dir: str | Pa
         tokenizer = AutoTokenizer.from_pretrained(tmp)
         staging = Path(tempfile.mkdtemp(dir=out_dir.parent if out_dir.parent.exists() else None))
         tokenizer.save_pretrained(staging)
+        if with_sentencepiece_model:
+            shutil.copy(f"{tmp}/sentencepiece.bpe.model", staging / "sentencepiece.bpe.model")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
@@ -84,3 +90,16 @@ def tokenizer_fingerprint(tokenizer) -> str:
         spec.pop(volatile, None)
     blob = json.dumps(spec, sort_keys=True, ensure_ascii=False).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def trimmed_from(tokenizer_dir: str | Path | None) -> str | None:
+    """The fingerprint of the tokenizer that the one in `tokenizer_dir` was trimmed from (its trim_map.json), or None
+    when it was not trimmed or the map cannot be read."""
+    if not tokenizer_dir:
+        return None
+    try:
+        trim_map = json.loads((Path(tokenizer_dir) / TRIM_MAP_NAME).read_text(encoding="utf-8"))
+        fingerprint = trim_map["source_fingerprint"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
+    return fingerprint if isinstance(fingerprint, str) else None

@@ -51,3 +51,7 @@ def tokenizer(demo_tokenizer_dir, tmp_path_factory):
     tok.save_pretrained(str(out))
     tok.saved_dir = out
     return tok
+
+
+# The session fails if it leaves /dev/shm entries or processes behind (tests/session_guard.py).
+from session_guard import pytest_sessionfinish, pytest_sessionstart  # noqa: E402,F401

@@ -77,13 +77,16 @@ def _expected_pattern(layers: int, x: int) -> str:
 @pytest.mark.distributed
 def test_smoke_writes_a_table_with_every_row_and_seed(smoke, cfg):
     results, runs = _rows(smoke / "results.csv"), _rows(smoke / "runs.csv")
-    assert [r["row_id"] for r in results] == [r["id"] for r in cfg["rows"]]   # the baseline (first) leads
-    assert {(r["row_id"], int(r["seeds"])) for r in results} == {(r["id"], r.get("seeds", 1)) for r in cfg["rows"]}
+    # the baseline (first) leads; the constant row (one per baseline seed) closes the table
+    assert [r["row_id"] for r in results] == [r["id"] for r in cfg["rows"]] + ["constant"]
+    seeds = {r["id"]: r.get("seeds", 1) for r in cfg["rows"]}
+    assert {(r["row_id"], int(r["seeds"])) for r in results} == {*seeds.items(), ("constant", seeds[cfg["baseline"]])}
     assert sorted((r["row_id"], int(r["seed"])) for r in runs) == sorted(
         (r["id"], k) for r in cfg["rows"] for k in range(1, r.get("seeds", 1) + 1))
     table = (smoke / "results.md").read_text()
-    for name in ("SWCM", "random decoder", "HF warm start"):
+    for name in ("SWCM", "random decoder", "HF warm start", "constant (SWCM (X=3)'s most frequent output)"):
         assert f"| {name}" in table
+    assert "| NLL | Δ NLL vs SWCM (X=3) [95% CI] | chrF |" in table   # the likelihood leads
     png = (smoke / "results.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 
@@ -141,7 +144,11 @@ def test_every_row_comes_from_its_own_run_built_as_the_row_says(smoke, cfg):
                 assert pre["task"] == "warm-start-pretrain" and pre["run"]["model"]["path"] == "encoder/hf"
                 assert ft["run"]["model"]["path"] == f"rows/{row['id']}/seed{seed}/pretrain/hf"
             assert any(k.startswith("decoder.roberta.encoder.layer.0.crossattention.") for k in hf)
-        scores = _json(base / "scores.json")["scores"]["overall"]
+        report = _json(base / "scores.json")
+        assert report["throughput"]["layout"] == "tags"   # evaluate.py --model scored every row, warm start too
+        scores = report["scores"]["overall"]
+        assert float(run["nll"]) == pytest.approx(scores["nll"], abs=1e-4)
+        assert float(run["distinct"]) == pytest.approx(scores["distinct"], abs=1e-4)
         assert float(run["chrf"]) == pytest.approx(scores["chrf"], abs=1e-4)
         assert float(run["rouge_l_f"]) == pytest.approx(scores["rouge_l"]["f"], abs=1e-4)
         predictions = (base / "predictions.jsonl").read_text().splitlines()
@@ -156,32 +163,50 @@ def test_every_row_comes_from_its_own_run_built_as_the_row_says(smoke, cfg):
 def test_the_table_is_the_runs_scores_and_the_paired_bootstrap(smoke, cfg):
     """Row means from the runs; Δ and its interval recomputed here from the prediction files, pairing each row's
     seed k with the baseline's seed k."""
-    from swcm.tasks.jsonl import read_predictions
-    from swcm.tasks.scores import compare_predictions
+    import numpy as np
+
+    from swcm.tasks.jsonl import read_likelihood, read_predictions
+    from swcm.tasks.scores import compare_predictions, score_predictions
 
     runs = _rows(smoke / "runs.csv")
     seeds = {r["id"]: r.get("seeds", 1) for r in cfg["rows"]}
     base = cfg["baseline"]
 
     def pooled(row_id, ks):
-        examples, predictions = [], []
+        examples, predictions, likelihood = [], [], []
         for k in ks:
-            e, p = read_predictions(smoke / "rows" / row_id / f"seed{k}" / "predictions.jsonl")
+            path = smoke / "rows" / row_id / f"seed{k}" / "predictions.jsonl"
+            e, p = read_predictions(path)
             examples += e
             predictions += p
-        return examples, predictions
+            likelihood.append(read_likelihood(path))
+        return examples, predictions, np.concatenate(likelihood)
 
     for r in _rows(smoke / "results.csv"):
+        if r["row_id"] == "constant":   # counted here: each language's most frequent baseline output, per seed
+            chrf = []
+            for k in range(1, seeds[base] + 1):
+                examples, predictions, _ = pooled(base, [k])
+                by_lang = {}
+                for e, p in zip(examples, predictions):
+                    by_lang.setdefault(e.tgt_lang, []).append(p)
+                most = {lang: max(ps, key=lambda p: (ps.count(p), -ps.index(p))) for lang, ps in by_lang.items()}
+                chrf.append(score_predictions(examples, [most[e.tgt_lang] for e in examples])["overall"]["chrf"])
+            assert float(r["chrf_mean"]) == pytest.approx(sum(chrf) / len(chrf), abs=2e-4)
+            assert r["nll_mean"] == "" and r["delta_chrf"] == ""
+            continue
         mine = [float(x["chrf"]) for x in runs if x["row_id"] == r["row_id"]]
         assert float(r["chrf_mean"]) == pytest.approx(sum(mine) / len(mine), abs=2e-4)
+        mine = [float(x["nll"]) for x in runs if x["row_id"] == r["row_id"]]
+        assert float(r["nll_mean"]) == pytest.approx(sum(mine) / len(mine), abs=2e-4)
         if r["row_id"] == base:
-            assert r["delta_chrf"] == ""
+            assert r["delta_chrf"] == "" and r["delta_nll"] == ""
             continue
         ks = range(1, min(seeds[r["row_id"]], seeds[base]) + 1)
-        examples, a = pooled(r["row_id"], ks)
-        _, b = pooled(base, ks)
-        d = compare_predictions(examples, a, b)["overall"]
-        for key in ("chrf", "rouge_l_f"):
+        examples, a, lik_a = pooled(r["row_id"], ks)
+        _, b, lik_b = pooled(base, ks)
+        d = compare_predictions(examples, a, b, likelihood=lik_a, other_likelihood=lik_b)["overall"]
+        for key in ("nll", "chrf", "rouge_l_f"):
             assert float(r[f"delta_{key}"]) == pytest.approx(d[key]["delta"], abs=1e-4)
             assert float(r[f"delta_{key}_low"]) == pytest.approx(d[key]["ci95"][0], abs=1e-4)
             assert float(r[f"delta_{key}_high"]) == pytest.approx(d[key]["ci95"][1], abs=1e-4)

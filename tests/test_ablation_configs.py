@@ -1,4 +1,4 @@
-"""The README's ablation table (the paper's Tables 3-5) against `configs/ablations/` and the converter: each config
+"""docs/ablations.md's table of the paper's Tables 3-5 against `configs/ablations/` and the converter: each config
 loads, differs from `configs/xlm-swcm-base.json` exactly in the keys the table names, trains the `model.path` the
 table gives; each row's `from-encoder` flags are accepted and build the decoder the table shows."""
 
@@ -28,8 +28,10 @@ def _code(cell: str) -> list[str]:
 
 
 def table_rows() -> list[dict]:
-    """The rows of the table under README's `## Ablations` heading, by column name (without backticks)."""
-    section = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## Ablations", 1)[1].split("\n## ", 1)[0]
+    """The rows of the table under docs/ablations.md's `## 7. The paper's Tables` heading, by column name (without
+    backticks)."""
+    text = (ROOT / "docs" / "ablations.md").read_text(encoding="utf-8")
+    section = text.split("\n## 7. The paper's Tables", 1)[1].split("\n## ", 1)[0]
     lines = [ln for ln in section.splitlines() if ln.startswith("|")]
     header = [c.strip().replace("`", "") for c in lines[0].strip("|").split("|")]
     rows = [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]

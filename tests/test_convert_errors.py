@@ -13,6 +13,7 @@ from transformers import BertConfig, GPT2Config, XLMRobertaConfig, XLMRobertaMod
 
 from swcm.convert import ConversionError
 from swcm.convert.from_encoder import convert_from_encoder
+from swcm.output_guard import mark_ours
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "launch" / "convert_checkpoint.py"
@@ -83,16 +84,19 @@ def test_tokenizer_size_must_match_embedding_rows(tiny_xlmr_dir, tmp_path, capsy
     assert_nothing_written(tmp_path, before)
 
 
-def test_existing_out_needs_overwrite(tiny_xlmr_dir, tmp_path, capsys):
+def test_existing_out_needs_overwrite_and_must_be_ours(tiny_xlmr_dir, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     before = set(tmp_path.iterdir())
     message = run_cli(capsys, "--encoder", tiny_xlmr_dir, "--out", out)
     assert "--overwrite" in message and str(out) in message
+    message = run_cli(capsys, "--encoder", tiny_xlmr_dir, "--out", out, "--overwrite")
+    assert "not written by swcm" in message and "keep.txt" in message
     assert_nothing_written(tmp_path, before)
     assert (out / "keep.txt").read_text() == "mine"
-    # With --overwrite the directory is replaced, atomically and completely.
+    # An output of ours (as an earlier conversion leaves it) is replaced with --overwrite, atomically and completely.
+    mark_ours(out, "model")
     assert convert_checkpoint.main(["from-encoder", "--encoder", str(tiny_xlmr_dir), "--out", str(out), "--overwrite",
                                     "--dtype", "bfloat16", "--normal-layer-every", "0", "--untie-lm-head"]) == 0
     assert not (out / "keep.txt").exists() and set(tmp_path.iterdir()) == before

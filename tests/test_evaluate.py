@@ -3,8 +3,11 @@ scores file equal to swcm.tasks on the predictions, --compare, and one `error:` 
 the task JSONL reader and the generation batches."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from swcm.convert.from_encoder import convert_from_encoder
 from swcm.tasks.generation import generate, length_batches
-from swcm.tasks.jsonl import MRC_SEPARATOR, DataError, Example, read_examples, read_predictions
-from swcm.tasks.model_dir import load
+from swcm.tasks.jsonl import MRC_SEPARATOR, DataError, Example, read_examples, read_likelihood, read_predictions
+from swcm.tasks.model_dir import lang_codes, load, load_layout
 from swcm.tasks.scores import score_predictions
 
 pytestmark = pytest.mark.slow   # beam search over tiny models in subprocesses
@@ -93,15 +96,15 @@ def test_each_prediction_belongs_to_its_input(runs, model_dir):
     """Every line's prediction equals generating for that line's source alone (batch sizes 1 and 16 alike would
     not notice predictions written against the wrong inputs)."""
     examples, predictions = read_predictions(runs[16][1])
-    tokenizer, model = load(model_dir, "cpu")
-    alone = [generate(model, tokenizer, [e], num_beams=2, max_new_tokens=6, progress=False)[0] for e in examples]
+    model, layout = load(model_dir, "cpu"), load_layout(model_dir, lang_codes(model_dir))
+    alone = [generate(model, layout, [e], num_beams=2, max_new_tokens=6, progress=False)[0] for e in examples]
     assert alone == predictions
 
 
 def test_scores_file_equals_swcm_tasks_on_the_predictions(runs):
     proc, pred, scores_path = runs[16]
     report = json.loads(scores_path.read_text(encoding="utf-8"))
-    assert report["scores"] == score_predictions(*read_predictions(pred))
+    assert report["scores"] == score_predictions(*read_predictions(pred), read_likelihood(pred))
     assert list(report["scores"]) == ["bo", "ug", "overall"]
     bo, overall = report["scores"]["bo"], report["scores"]["overall"]
     assert bo["n"] == 15 and report["scores"]["ug"]["n"] == 4 and overall["n"] == 19
@@ -120,17 +123,21 @@ def test_compare_with_itself_and_with_a_better_system(runs, tmp_path):
     assert same.returncode == 0, same.stderr[-3000:]
     groups = json.loads((tmp_path / "same.json").read_text())["compare"]["groups"]
     for group in groups.values():
+        nll = group.pop("nll")   # batches of 1 and 16 pad differently: equal up to float rounding (~1e-8)
+        assert max(abs(nll["delta"]), *map(abs, nll["ci95"])) < 1e-6, nll
         for d in group.values():
             assert d == {"delta": 0.0, "ci95": [0.0, 0.0], "p_value": 1.0}
-    # An oracle (the references as predictions) against the model: better on every metric, significantly.
+    # An oracle (the references as predictions, no likelihood) against the model: better on every metric,
+    # significantly; the NLL is not compared (the oracle has none).
     oracle = [json.loads(line) for line in pred.read_text(encoding="utf-8").splitlines()]
-    oracle = jsonl(tmp_path / "oracle.jsonl", [{**row, "prediction": row["target"]} for row in oracle])
+    oracle = jsonl(tmp_path / "oracle.jsonl", [{k: v for k, v in {**row, "prediction": row["target"]}.items()
+                                                if k not in ("nll", "tokens")} for row in oracle])
     better = run_cli("--predictions", oracle, "--compare", pred, "--scores-out", tmp_path / "better.json")
     assert better.returncode == 0, better.stderr[-3000:]
     bo = json.loads((tmp_path / "better.json").read_text())["compare"]["groups"]["bo"]
     assert set(bo) == {"chrf", "bleu", "rouge_l_f", "rouge_l_p", "rouge_l_r"}
     assert all(d["delta"] > 0 and d["p_value"] < 0.05 for d in bo.values()), bo
-    assert "95% interval" in better.stdout
+    assert "95% interval" in better.stdout and "NLL not compared" in better.stdout
 
 
 def test_compare_needs_the_same_inputs_in_the_same_order(runs, tmp_path):
@@ -187,9 +194,11 @@ def test_bad_files_and_arguments_give_one_error_line(model_dir, tiny_xlmr_dir, d
         (["--model", model_dir, "--data", tmp_path / "no.jsonl"], f"error: {tmp_path / 'no.jsonl'}: file not found"),
         (["--model", model_dir, "--data", data_file, "--beam", "0"], "error: --beam: expected at least 1, got 0"),
         (["--model", tmp_path / "no-model", "--data", data_file], f"error: {tmp_path / 'no-model'}: model directory"),
-        (["--model", tiny_xlmr_dir, "--data", data_file], f"error: {tiny_xlmr_dir / 'config.json'}: not an SWCM "
-                                                          "model directory (model_type is 'xlm-roberta'"),
+        (["--model", tiny_xlmr_dir, "--data", data_file], f"error: {tiny_xlmr_dir / 'config.json'}: not a sequence-"
+                                                          "to-sequence model (model_type is 'xlm-roberta'"),
         (["--model", tmp_path, "--data", data_file], f"error: {tmp_path / 'config.json'}: not found"),
+        (["--model", model_dir, "--data", data_file, "--lang-map", "bo=bo_CN"], "error: --lang-map: an SWCM model"),
+        (["--model", model_dir, "--data", data_file, "--lang-map", "bo"], "error: --lang-map bo: expected CODE=TOKEN"),
     ]
     for args, prefix in cases:
         _assert_one_error(run_cli(*GENERATE, *args, "--out", out), prefix, out)
@@ -217,3 +226,112 @@ def test_length_batches_one_target_language_each_longest_first():
     lengths = [3, 9, 7, 1, 2, 7, 5]
     batches = length_batches(examples, lengths, batch_size=2)
     assert batches == [[2, 5], [6, 0], [3], [1, 4]]  # bo by length (7, 7 in input order, 5, 3, 1), then ug
+
+
+def test_nll_is_the_swcm_models_own_loss(runs, model_dir, data_file):
+    """The ug group (4 examples: one batch) against SWCM's own loss on a batch from the training builder, the
+    target tag's label masked (it is given to the decoder, not part of the reference)."""
+    from swcm.seq2seq_inputs import build_seq2seq_inputs
+    from swcm.tokenization import load_tokenizer
+
+    report = json.loads(runs[16][2].read_text(encoding="utf-8"))
+    ug = [e for e in read_examples(data_file) if e.tgt_lang == "ug"]
+    batch = build_seq2seq_inputs(load_tokenizer(model_dir), [e.source for e in ug], [e.target for e in ug], "zh", "ug")
+    batch["labels"][:, 0] = -100
+    with torch.no_grad():
+        loss = load(model_dir, "cpu")(**batch).loss.item()
+    assert report["scores"]["ug"]["tokens"] == int(batch["labels"].ne(-100).sum())
+    assert report["scores"]["ug"]["nll"] == pytest.approx(loss, abs=1e-6)
+
+
+def test_constant_baseline_in_the_scores_file(runs):
+    """Every input gets its language's most frequent prediction (ties: the first in input order), counted here."""
+    from collections import Counter
+
+    _, pred, scores_path = runs[16]
+    examples, predictions = read_predictions(pred)
+    most = {}
+    for lang in {e.tgt_lang for e in examples}:
+        mine = [p for e, p in zip(examples, predictions) if e.tgt_lang == lang]
+        top = max(Counter(mine).values())
+        most[lang] = next(p for p in mine if mine.count(p) == top)
+    constant = json.loads(scores_path.read_text(encoding="utf-8"))["constant"]["scores"]
+    assert constant == score_predictions(examples, [most[e.tgt_lang] for e in examples])
+    assert constant["bo"]["distinct"] == pytest.approx(100 / 15)
+
+
+def test_outputs_that_are_or_lie_inside_inputs_are_refused(model_dir, data_file, tmp_path):
+    """Nothing is generated and every input stays byte-identical."""
+    before = {p: p.read_bytes() for p in [data_file, *model_dir.iterdir()] if p.is_file()}
+    pred = tmp_path / "pred.jsonl"
+    cases = [(["--out", data_file], f"error: --out {data_file} the input {data_file}"),
+             (["--out", model_dir / "pred.jsonl"], f"error: --out {model_dir / 'pred.jsonl'} lies inside the input"),
+             (["--out", pred, "--scores-out", data_file], f"error: --scores-out {data_file} the input"),
+             (["--out", pred, "--scores-out", pred], f"error: --scores-out {pred} the input {pred}")]
+    for extra, prefix in cases:
+        proc = run_cli("--model", model_dir, "--data", data_file, *GENERATE, *extra)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith(prefix), proc.stderr
+    assert {p: p.read_bytes() for p in before} == before and not (model_dir / "pred.jsonl").exists()
+    assert not pred.exists()
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_read_only_output_location_is_one_error_line_before_any_work(model_dir, data_file, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        for flag in ("--out", "--scores-out"):
+            outs = {"--out": tmp_path / "pred.jsonl", "--scores-out": tmp_path / "s.json", flag: locked / "x.json"}
+            start = time.monotonic()
+            proc = run_cli("--model", model_dir, "--data", data_file, *GENERATE,
+                           *(a for k, v in outs.items() for a in (k, v)))
+            assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+            assert proc.stderr.startswith(f"error: {flag} {locked / 'x.json'}: Permission denied"), proc.stderr
+            assert "likelihood" not in proc.stderr and not (tmp_path / "pred.jsonl").exists()
+            assert time.monotonic() - start < 60
+    finally:
+        locked.chmod(0o755)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupt_is_one_line_and_leaves_no_output(sig, code, model_dir, data_file, tmp_path):
+    """Signalled (its process group, as a terminal or a scheduler does) while it generates."""
+    pred = tmp_path / "pred.jsonl"
+    proc = subprocess.Popen([sys.executable, str(CLI), "--model", str(model_dir), "--data", str(data_file), "--out",
+                             str(pred), "--beam", "4", "--max-new-tokens", "200", "--batch-size", "1"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = ""
+        while "likelihood" not in line:   # the likelihood bar ends with a newline: generation has begun
+            line = proc.stderr.readline()
+            assert line, "evaluate.py ended before generating"
+        time.sleep(1)
+        os.killpg(proc.pid, sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == code, err
+    assert err.rstrip().splitlines()[-1] == "error: interrupted" and "Traceback" not in err, err
+    assert not pred.exists() and not list(tmp_path.glob(".pred.jsonl*"))
+
+
+def test_a_full_disk_at_the_final_write_is_one_line_naming_it(runs, tmp_path, monkeypatch, capsys):
+    """In-process, with the write failing as a full filesystem fails it (ENOSPC): exit 1, one line naming the path
+    and the cause, and nothing at --scores-out."""
+    import errno
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate_cli", CLI)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{path}.tmp")
+
+    monkeypatch.setattr(cli, "write_atomic", full)
+    out = tmp_path / "scores.json"
+    assert cli.main(["--predictions", str(runs[1][1]), "--scores-out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: --scores-out {out}: no space left on device\n" and not out.exists()

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers_run import build_zero2_run
 
 from swcm.data.config import DataConfig
 from swcm.data.prepare import prepare
@@ -432,41 +432,25 @@ def test_generate_reads_a_utf8_input_file(model_dir, tmp_path, capsys):
     assert [json.loads(line)["source"] for line in capsys.readouterr().out.splitlines()] == ["你好", "世界"]
 
 
+def test_generate_refuses_empty_text_and_beams_beyond_the_vocabulary_or_memory(model_dir, tmp_path):
+    """Before loading the model: an empty --text, more beams than tokens, a beam search whose estimate
+    (swcm/tasks/beam_budget.py) exceeds half the available memory (2,000 texts x 2,000 beams: ~100 GB)."""
+    (tmp_path / "in.txt").write_text("你好\n" * 2000, encoding="utf-8")
+    for args, expect in ((["--text", ""], ["--text", "empty text"]),
+                         (["--text", "你好", "--text", " "], ["--text", "empty text"]),
+                         (["--text", "你好", "--num-beams", "100000"], ["--num-beams 100000", "more beams than"]),
+                         (["--input", tmp_path / "in.txt", "--num-beams", "2000"], ["--num-beams 2000", "GiB"])):
+        proc = _generate(model_dir, *args)
+        _one_error(proc, *expect)
+        assert proc.stdout == ""
+
+
 # -- convert_checkpoint.py to-hf on damaged checkpoints ---------------------------------------------------------------
-
-ENGINE = r"""
-import json, sys
-from pathlib import Path
-import deepspeed, torch
-from swcm.modeling_swcm import SWCMForConditionalGeneration
-from swcm.tokenization import load_tokenizer
-from swcm.training import checkpointing
-model_dir, run = Path(sys.argv[1]), Path(sys.argv[2])
-ds = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 2}, "steps_per_print": 10 ** 9}
-deepspeed.init_distributed(dist_backend="gloo")
-model = SWCMForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32)
-engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters()), config=ds)
-model.config.save_pretrained(str(run / "model"))
-load_tokenizer(model_dir).save_pretrained(str(run / "model"))
-(run / "config.json").write_text(json.dumps({"run": {}, "deepspeed": ds, "world_size": 1}))
-(run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
-checkpointing.save(engine, run / "checkpoints", 1, loader_state={}, run_state={"step": 1}, keep_last=1)
-"""
-
 
 @pytest.fixture(scope="module")
 def zero2_run(model_dir, tmp_path_factory) -> Path:
     """A run directory as pretrain.py leaves it, from a single-process ZeRO-2 engine (no launcher, one rank)."""
-    run = tmp_path_factory.mktemp("run") / "run"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = _env(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(port))
-    proc = subprocess.run([PY, "-c", ENGINE, str(model_dir), str(run)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run
+    return build_zero2_run(model_dir, tmp_path_factory.mktemp("run") / "run", _env())
 
 
 def _to_hf_in_process(capsys, run, out) -> subprocess.CompletedProcess:

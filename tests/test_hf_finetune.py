@@ -1,7 +1,7 @@
 """An export fine-tunes with plain Hugging Face tools where swcm is not installed: `AutoTokenizer` loads it (stdin
 closed, as in a script), `DataCollatorForSeq2Seq` + `Seq2SeqTrainer(predict_with_generate=True)` train (the loss goes
 down) and evaluate with generation, and a plain `generate()` then emits the target tag first, under the documented
-convention (README "Fine-tune an export with Hugging Face tools")."""
+convention (docs/huggingface.md)."""
 
 import json
 from pathlib import Path

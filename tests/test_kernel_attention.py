@@ -1,4 +1,4 @@
-"""kernels.attention vs its fp32 reference (flash-attention's 2x-of-same-precision-PyTorch rule).
+"""swcm_kernels.attention vs its fp32 reference (flash-attention's 2x-of-same-precision-PyTorch rule).
 
 On CPU the kernels run in the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1 without CUDA, before
 triton is first imported); on a CUDA machine they run compiled, and the GPU-only cases, marked `gpu`
@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from kernel_utils import COMPILE_SM90_PRELUDE, assert_within_2x_baseline, run_without_interpreter
-from kernels import attention as attn
-from kernels.attention import FlashAttentionFunction, attention_reference, dropout_mask, flash_attention
+from swcm_kernels import attention as attn
+from swcm_kernels.attention import FlashAttentionFunction, attention_reference, dropout_mask, flash_attention
 
 COMPILED_GPU = torch.cuda.is_available() and not attn._INTERPRET_REQUESTED
 DEVICE = "cuda" if COMPILED_GPU else "cpu"
@@ -245,7 +245,7 @@ def test_unsupported_arguments_raise():
 def test_cpu_without_interpreter_raises_clear_error():
     """Without TRITON_INTERPRET=1, CPU tensors get a RuntimeError callers can catch to fall back."""
     run_without_interpreter(
-        "import torch\nfrom kernels.attention import flash_attention\nq = torch.randn(1, 1, 4, 32)\n"
+        "import torch\nfrom swcm_kernels.attention import flash_attention\nq = torch.randn(1, 1, 4, 32)\n"
         "try:\n    flash_attention(q, q, q)\nexcept RuntimeError as e:\n    assert 'TRITON_INTERPRET=1' in str(e)\n"
         "    print('OK')\n")
 
@@ -254,7 +254,7 @@ def test_kernels_compile_for_h100():
     """The compiled CUDA path cannot run here; compiling it for sm_90 at least checks it builds and
     fits in shared memory (the interpreter accepts things the compiler rejects)."""
     run_without_interpreter(COMPILE_SM90_PRELUDE + """
-import kernels.attention as A
+import swcm_kernels.attention as A
 assert not A._INTERPRETED
 for dt, D, dropout in (("bf16", 128, True), ("fp16", 32, False), ("fp32", 64, True)):
     p = "*" + dt

@@ -1,4 +1,4 @@
-"""kernels.lm_head_ce vs F.linear + F.cross_entropy, with the per-dtype table in kernel_utils.
+"""swcm_kernels.lm_head_ce vs F.linear + F.cross_entropy, with the per-dtype table in kernel_utils.
 
 impl="triton" runs in the Triton interpreter on CPU (tests/conftest.py sets TRITON_INTERPRET=1 when there is no
 CUDA, before triton is first imported) and compiled on a GPU; impl="torch" runs anywhere.
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from kernel_utils import COMPILE_SM90_PRELUDE, assert_close_table, run_without_interpreter
-from kernels import lm_head_ce as ce
-from kernels.lm_head_ce import fused_linear_cross_entropy, lm_head_ce_reference
+from swcm_kernels import lm_head_ce as ce
+from swcm_kernels.lm_head_ce import fused_linear_cross_entropy, lm_head_ce_reference
 
 IGNORE = -100
 DEVICE = "cuda" if torch.cuda.is_available() and not ce._INTERPRET_REQUESTED else "cpu"
@@ -156,7 +156,7 @@ def test_no_grad_and_errors():
 def test_row_kernel_compiles_for_h100():
     """The CUDA path cannot run here; compiling the row kernel for sm_90 checks that it builds."""
     run_without_interpreter(COMPILE_SM90_PRELUDE + """
-import kernels.lm_head_ce as C
+import swcm_kernels.lm_head_ce as C
 assert not C._INTERPRETED
 sig = dict(LOGITS=None, stride_row="i32", LABELS="*i64", LOSSES="*fp32", inv_n_valid="fp32", n_cols="i32",
            ignore_index="i32", label_smoothing="fp32")

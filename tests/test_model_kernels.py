@@ -86,8 +86,8 @@ def test_tied_gradient_sum_is_handed_over_once_whatever_the_arrival_order(order)
 
 def test_triton_attention_and_fused_loss_match_eager_and_naive_loss(monkeypatch):
     pytest.importorskip("triton")
-    from kernels import triton_interpreter_state
-    from kernels.attention import FlashAttentionFunction
+    from swcm_kernels.triton_support import triton_interpreter_state
+    from swcm_kernels.attention import FlashAttentionFunction
 
     calls = []
     original = FlashAttentionFunction.apply

@@ -68,3 +68,19 @@ def test_resume_with_nothing_to_resume_warns(setup, tmp_path, caplog):
         Trainer(cfg, str(ROOT / "ds_configs" / "zero0.json"), str(tmp_path / "run"), task=PretrainTask(cfg),
                 resume=True)
     assert "--resume: no complete checkpoint" in caplog.text and "starting from step 0" in caplog.text
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["--set", "model.attn_implementation=triton"], "model.attn_implementation: 'triton' cannot run here: hidden"),
+    ([], "model.fused_lm_head_ce: swcm's kernel module 'lm_head_ce' cannot be imported: hidden"),
+])
+def test_kernel_paths_that_cannot_load_are_refused(setup, extra, expected, tmp_path, capsys, monkeypatch):
+    import swcm.modeling_swcm as modeling
+
+    root, config = setup
+    monkeypatch.setattr(modeling, "_load_kernel", lambda name: (None, "hidden by the test"))
+    code = pretrain.main(["--config", str(config), "--deepspeed_config", str(ROOT / "ds_configs" / "zero0.json"),
+                          "--out", str(tmp_path / "run"), *extra])
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and expected in errors[0], errors
+    assert not (tmp_path / "run").exists()

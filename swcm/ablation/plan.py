@@ -9,7 +9,7 @@
       init      convert_checkpoint.py from-encoder with the row's decoder (SWCM rows)
       pretrain  launch/pretrain.py (SWCM) or the warm start's pretraining: the row's objectives, the shared budget
       finetune  launch/finetune.py (SWCM) or the warm start's: NTREX train zh->x, the shared budget
-      predict   beam search on the dev pairs and launch/evaluate.py's scores
+      predict   launch/evaluate.py --model on the dev pairs: held-out NLL, beam search, scores (every row alike)
     rows/<row>/compare   launch/evaluate.py --compare: paired bootstrap against the baseline row, seed k with seed k
     report      results.md, results.csv, runs.csv, results.png
 
@@ -234,15 +234,11 @@ def run_stages(cfg: AblationConfig, out: Path, run: RunDirs) -> list[Stage]:
                  out / run.finetune / "hf" / "config.json", out / run.finetune / "best.json"],
         prepare=_write_config(f"{run.base}/finetune.json", finetune_config(cfg, run), out)))
     e = cfg.eval
-    decode = ["--beam", str(e.beam), "--max-new-tokens", str(e.max_new_tokens), "--batch-size", str(e.batch_size),
-              "--max-len", str(cfg.corpus.max_len)]
-    score = [_script("evaluate.py"), "--predictions", run.predictions, "--scores-out", run.scores]
-    if swcm:
-        predict = [Command([_script("evaluate.py"), "--model", f"{run.finetune}/hf", "--data", DEV, "--out",
-                            run.predictions, "--scores-out", run.scores, "--device", "cpu", *decode])]
-    else:
-        predict = [Command(["-m", "swcm.ablation.warm_start", "generate", "--model", f"{run.finetune}/hf",
-                            "--data", DEV, "--out", run.predictions, *decode]), Command(score)]
+    # Every row, SWCM or warm start, is scored by the same code: evaluate.py on its exported directory.
+    predict = [Command([_script("evaluate.py"), "--model", f"{run.finetune}/hf", "--data", DEV, "--out",
+                        run.predictions, "--scores-out", run.scores, "--device", "cpu", "--beam", str(e.beam),
+                        "--max-new-tokens", str(e.max_new_tokens), "--batch-size", str(e.batch_size),
+                        "--max-len", str(cfg.corpus.max_len)])]
     stages.append(Stage(run.stage("predict"), [run.stage("finetune")], predict,
                         outputs=[out / run.predictions, out / run.scores]))
     return stages

@@ -5,16 +5,14 @@ optimizer, schedule, steps and loss (a per-token mean over the step) -- so that 
 
     python -m swcm.ablation.warm_start pretrain --config RUN_CONFIG --deepspeed_config DS --out RUN   (a rank each;
     python -m swcm.ablation.warm_start finetune --config FT_CONFIG --deepspeed_config DS --out RUN    see ablate.py)
-    python -m swcm.ablation.warm_start generate --model HF_DIR --data dev.jsonl --out pred.jsonl [--beam 5] ...
 
 `model.path` is the XLM-R encoder directory (a fresh warm start) or an exported warm-start directory (RUN/hf of a
-`pretrain` run). Each run ends with RUN/hf, an ordinary `EncoderDecoderModel` directory with the tokenizer.
-Generation is `swcm.tasks.generation.generate`, as `launch/evaluate.py` runs it for SWCM: prefix `<s> <tgt_lang>`.
+`pretrain` run). Each run ends with RUN/hf, an ordinary `EncoderDecoderModel` directory with the tokenizer, which
+`launch/evaluate.py --model` scores as it scores SWCM (the `tags` layout: decoder prefix `<s> <tgt_lang>`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -269,53 +267,8 @@ class WarmStartFinetuneTask(_WarmStartModelHooks, FinetuneTask):
 # --------------------------------------------------------------------------------------------------- commands
 
 
-def generate_file(model_dir: str | Path, data: str | Path, out: str | Path, *, beam: int, max_new_tokens: int,
-                  batch_size: int, max_len: int) -> int:
-    """Predictions of the warm start in `model_dir` for the task file `data`, written to `out` as
-    `launch/evaluate.py --out` writes them (score them with `evaluate.py --predictions`); returns the count."""
-    from transformers import EncoderDecoderModel
-
-    from swcm.tasks.generation import generate
-    from swcm.tasks.jsonl import prediction_lines, read_examples
-    from swcm.tokenization import load_tokenizer
-
-    tokenizer = load_tokenizer(model_dir)
-    examples = read_examples(data, _lang_codes(tokenizer))
-    model = EncoderDecoderModel.from_pretrained(str(model_dir)).eval()
-    model.generation_config.max_length = None
-    predictions = generate(model, tokenizer, examples, num_beams=beam, max_new_tokens=max_new_tokens,
-                           batch_size=batch_size, max_len=max_len)
-    write_atomic(out, prediction_lines(examples, predictions))
-    return len(examples)
-
-
-def _generate_command(argv) -> int:
-    from swcm.tasks.jsonl import DataError
-
-    p = argparse.ArgumentParser(prog="python -m swcm.ablation.warm_start generate")
-    p.add_argument("--model", required=True, help="a warm start's RUN/hf directory")
-    p.add_argument("--data", required=True, help="task JSONL")
-    p.add_argument("--out", required=True, help="prediction JSONL")
-    p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-len", type=int, default=256)
-    args = p.parse_args(argv)
-    if dir_kind(Path(args.model)) != ENCODER_DECODER:
-        print(f"error: --model {args.model}: not an EncoderDecoderModel directory", file=sys.stderr)
-        return 2
-    try:
-        n = generate_file(args.model, args.data, args.out, beam=args.beam, max_new_tokens=args.max_new_tokens,
-                          batch_size=args.batch_size, max_len=args.max_len)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {n} predictions to {args.out}")
-    return 0
-
-
 def main(argv=None) -> int:
-    """`pretrain` / `finetune` (the trainer's command line, started one process per rank) or `generate`."""
+    """`pretrain` / `finetune` (the trainer's command line, started one process per rank)."""
     from swcm.config import FinetuneRunConfig, RunConfig
     from swcm.training.entry import run
 
@@ -328,9 +281,7 @@ def main(argv=None) -> int:
                    rest)
     if command == "finetune":
         return run(__doc__, "fine-tuning config JSON", FinetuneRunConfig, WarmStartFinetuneTask, rest)
-    if command == "generate":
-        return _generate_command(rest)
-    print(f"error: expected a command pretrain | finetune | generate, got {command!r}", file=sys.stderr)
+    print(f"error: expected a command pretrain | finetune, got {command!r}", file=sys.stderr)
     return 2
 
 

@@ -21,6 +21,7 @@ import torch
 
 from swcm.convert import ConversionError
 from swcm.convert.staging import staged_directory
+from swcm.output_guard import check_output_dir, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -110,15 +111,15 @@ def export_encoder_to_hf(run_dir: str | Path, out_dir: str | Path, *, step: int 
     (atomically), verified unless `verify=False`; return out_dir. ConversionError on bad input, nothing written."""
     from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
 
-    from swcm.convert.to_hf import DTYPES, load_checkpoint_into
+    from swcm.convert.to_hf import DTYPES, load_checkpoint_into, run_inputs
     from swcm.tokenization import load_tokenizer
     from swcm.training.checkpointing import complete_checkpoints
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if dtype not in DTYPES:
         raise ConversionError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise ConversionError(f"--out {out_dir} exists and is not empty (pass --overwrite to replace it)")
+    check_output_dir(out_dir, run_inputs(run_dir), overwrite=overwrite)
+    check_writable(out_dir)
     model_dir = run_dir / "model"
     if not (model_dir / "config.json").is_file():
         raise ConversionError(f"{model_dir}: the run's model config is missing")

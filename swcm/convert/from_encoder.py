@@ -12,15 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tempfile
 from pathlib import Path
 
 import torch
 
 from swcm.convert import ConversionError
-from swcm.convert.staging import staged_directory
 from swcm.convert.model_card import DEFAULT_LICENSE, check_license, front_matter, usage_sections
+from swcm.convert.staging import staged_directory
 from swcm.hf_dir import not_an_encoder
 from swcm.modeling_swcm import SWCMConfig, SWCMForConditionalGeneration
+from swcm.output_guard import check_output_dir, check_writable
 from swcm.tokenization import DEFAULT_LANG_CODES, add_language_tags, lang_tag
 
 log = logging.getLogger(__name__)
@@ -111,15 +113,6 @@ def _load_tokenizer(encoder_dir: Path):
         raise ConversionError(f"cannot load the tokenizer of {encoder_dir}: {' '.join(str(e).split())}") from None
 
 
-def _check_out_dir(out_dir: Path, encoder_dir: Path, overwrite: bool) -> None:
-    if out_dir.resolve() == encoder_dir.resolve():
-        raise ConversionError(f"--out {out_dir} is the encoder directory itself")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConversionError(f"--out {out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise ConversionError(f"--out {out_dir} exists and is not empty (pass --overwrite to replace it)")
-
-
 def _model_card(config: SWCMConfig, encoder_dir: Path, n_params: int, out_name: str, license: str) -> str:
     """README.md of an initialised directory: metadata block, what was built, the seq2seq convention, a runnable
     fine-tuning snippet (loading the model as `out_name`) and the licence note."""
@@ -142,17 +135,37 @@ Converted by `launch/convert_checkpoint.py from-encoder` from the encoder `{enco
 def convert_from_encoder(encoder_dir: str | Path, out_dir: str | Path, *, normal_layer_every: int = 3,
                          decoder_init: str = "encoder", tie_word_embeddings: bool = True,
                          lang_codes=DEFAULT_LANG_CODES, overwrite: bool = False, seed: int = 0,
-                         dtype: str = "float32", license: str = DEFAULT_LICENSE) -> Path:
+                         dtype: str = "float32", license: str = DEFAULT_LICENSE, trim_corpus=None,
+                         trim_min_count: int = 1) -> Path:
     """Build an initialised SWCM directory at `out_dir` from the XLM-R directory `encoder_dir`; return out_dir.
 
     Writes config.json (with auto_map), model.safetensors, generation_config.json, modeling_swcm.py, the
-    tokenizer with the language tags, and README.md (its metadata gives `license`, a Hub licence id). Raises
-    ConversionError, writing nothing, on bad input.
+    tokenizer with the language tags, and README.md (its metadata gives `license`, a Hub licence id). With
+    `trim_corpus` (text files / shard directories) the result is then trimmed to the vocabulary they use
+    (swcm.convert.trim_vocab, `trim_min_count`), so only the trimmed directory is written. Raises
+    ConversionError, writing nothing, on bad input, and OutputError (nothing touched) for an `out_dir` that
+    overlaps the encoder, is not empty without `overwrite`, is not ours, or cannot be written.
     """
     encoder_dir, out_dir = Path(encoder_dir), Path(out_dir)
     if not encoder_dir.is_dir():
         raise ConversionError(f"encoder directory {encoder_dir} not found")
-    _check_out_dir(out_dir, encoder_dir, overwrite)
+    check_output_dir(out_dir, [encoder_dir, *(trim_corpus or [])], overwrite=overwrite)
+    check_writable(out_dir)
+    if trim_corpus:
+        from swcm.convert.trim_vocab import trim_vocab
+
+        missing = [str(c) for c in trim_corpus if not Path(c).exists()]
+        if missing:   # before the conversion, not after it
+            raise ConversionError(f"--trim-vocab {missing[0]}: not found (expected a text file or a shard directory)")
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.untrimmed-", dir=out_dir.parent) as tmp:
+            # named as `out_dir`: the model card's snippets load the directory by that name
+            untrimmed = convert_from_encoder(encoder_dir, Path(tmp) / out_dir.name,
+                                             normal_layer_every=normal_layer_every,
+                                             decoder_init=decoder_init, tie_word_embeddings=tie_word_embeddings,
+                                             lang_codes=lang_codes, seed=seed, dtype=dtype, license=license)
+            trim_vocab(untrimmed, trim_corpus, out_dir, min_count=trim_min_count, overwrite=overwrite)
+        return out_dir
     if dtype not in ("float32", "bfloat16"):
         raise ConversionError(f"--dtype {dtype!r}: expected float32 or bfloat16")
     check_license(license)
@@ -204,8 +217,9 @@ def convert_from_encoder(encoder_dir: str | Path, out_dir: str | Path, *, normal
     log.info("decoder: %d tensors copied (%s)", len(copied), decoder_init)
     if dtype == "bfloat16":
         model = model.to(torch.bfloat16)
-    # The paper's pretraining length; transformers' default of 20 new tokens would cut summaries short.
-    model.generation_config.max_length = 256
+    # The paper's pretraining length; transformers' default of 20 new tokens would cut summaries short. As
+    # max_new_tokens, not max_length: a generate(max_new_tokens=...) then overrides it without a warning.
+    model.generation_config.max_new_tokens = 256
 
     with staged_directory(out_dir) as staging:
         model.save_pretrained(str(staging))

@@ -61,6 +61,8 @@ from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForS
 MODEL = {model!r}  # this directory (or its Hub id once uploaded)
 TRAIN = "train.jsonl"  # one {{"source": ..., "target": ..., "src_lang": "zh", "tgt_lang": "bo"}} per line
 OUT = MODEL + "-finetuned"
+# swcm's own fine-tuning defaults (configs/finetune/ntrex_zh_bo.json): a few minutes on a CPU for a small model.
+MAX_LEN, BATCH, LR, STEPS = 128, 16, 3e-4, 200
 
 tok = AutoTokenizer.from_pretrained(MODEL)  # the stock XLM-R tokenizer: no remote code
 model = AutoModelForSeq2SeqLM.from_pretrained(MODEL, trust_remote_code=True)  # modeling_swcm.py, in this directory
@@ -68,14 +70,15 @@ model = AutoModelForSeq2SeqLM.from_pretrained(MODEL, trust_remote_code=True)  # 
 
 def features(ex):
     """<s> <src_lang> source </s> -> labels <tgt_lang> target </s> (the tag is the first label, and scored)."""
-    enc = tok(f"<{{ex['src_lang']}}>" + ex["source"], truncation=True, max_length=256)
-    target = tok(text_target=f"<{{ex['tgt_lang']}}>" + ex["target"], truncation=True, max_length=257)
+    enc = tok(f"<{{ex['src_lang']}}>" + ex["source"], truncation=True, max_length=MAX_LEN)
+    target = tok(text_target=f"<{{ex['tgt_lang']}}>" + ex["target"], truncation=True, max_length=MAX_LEN + 1)
     return {{**enc, "labels": target["input_ids"][1:]}}
 
 
 examples = [json.loads(line) for line in open(TRAIN, encoding="utf-8") if line.strip()]
-args = Seq2SeqTrainingArguments(output_dir=OUT, per_device_train_batch_size=16, num_train_epochs=10,
-                                learning_rate=1e-4, logging_steps=10, save_strategy="no", report_to=[])
+args = Seq2SeqTrainingArguments(output_dir=OUT, per_device_train_batch_size=BATCH, max_steps=STEPS,
+                                learning_rate=LR, warmup_steps=STEPS // 10, logging_steps=10, save_strategy="no",
+                                report_to=[])
 trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=[features(ex) for ex in examples],
                          processing_class=tok, data_collator=DataCollatorForSeq2Seq(tok, model=model))
 trainer.train()
@@ -84,7 +87,7 @@ trainer.save_model(OUT)
 # Generation starts from <s>; force the target-language tag next.
 ex = examples[0]
 batch = tok(f"<{{ex['src_lang']}}>" + ex["source"], return_tensors="pt").to(model.device)
-out = model.generate(**batch, num_beams=5, max_new_tokens=128,
+out = model.generate(**batch, num_beams=5, max_new_tokens=MAX_LEN,
                      forced_bos_token_id=tok.convert_tokens_to_ids(f"<{{ex['tgt_lang']}}>"))
 print(tok.decode(out[0], skip_special_tokens=True))
 ```'''

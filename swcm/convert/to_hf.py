@@ -21,6 +21,7 @@ import torch
 
 from swcm.convert import ConversionError
 from swcm.convert.staging import staged_directory
+from swcm.output_guard import check_output_dir, check_writable
 from swcm.convert.model_card import DEFAULT_LICENSE, check_license, front_matter, usage_sections
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,12 @@ def _checkpoint(run_dir: Path, step: int | None) -> tuple[int, Path]:
     if step not in found:
         raise ConversionError(f"{run_dir}: no complete checkpoint of step {step} (have {sorted(found)})")
     return step, found[step]
+
+
+def run_inputs(run_dir: Path) -> list[Path]:
+    """What a conversion reads in a run directory. An output may sit beside them in the run (finetune.py exports to
+    RUN/hf) but never be, hold or lie inside one of them."""
+    return [run_dir / name for name in ("checkpoints", "model", "config.json", "metrics.jsonl")]
 
 
 def _run_info(run_dir: Path) -> dict:
@@ -186,8 +193,8 @@ def export_to_hf(run_dir: str | Path, out_dir: str | Path, *, step: int | None =
     check_license(license)
     if not run_dir.is_dir():
         raise ConversionError(f"run directory {run_dir} not found")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise ConversionError(f"--out {out_dir} exists and is not empty (pass --overwrite to replace it)")
+    check_output_dir(out_dir, run_inputs(run_dir), overwrite=overwrite)
+    check_writable(out_dir)
     step, ckpt = _checkpoint(run_dir, step)
     info = _run_info(run_dir)
     model_dir = run_dir / "model"

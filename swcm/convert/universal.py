@@ -21,6 +21,7 @@ import torch
 
 from swcm.convert import ConversionError
 from swcm.convert.staging import staged_directory
+from swcm.output_guard import check_output_dir, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +78,13 @@ def to_universal(run_dir: str | Path, out_dir: str | Path, *, step: int | None =
     """Write the universal checkpoint of a run's newest complete checkpoint (or `step`) to `out_dir`, atomically;
     ConversionError for a ZeRO-0 run (no optimizer partitions to convert), a damaged checkpoint or a non-empty
     `out_dir` without `overwrite`."""
-    from swcm.convert.to_hf import _checkpoint, _run_info
+    from swcm.convert.to_hf import _checkpoint, _run_info, run_inputs
     from swcm.training.checkpointing import MARKER, damage
     from swcm.training.ds_config import global_batch_size, micro_batch_size
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise ConversionError(f"--out {out_dir} exists and is not empty (pass --overwrite to replace it)")
+    check_output_dir(out_dir, run_inputs(run_dir), overwrite=overwrite)
+    check_writable(out_dir)
     step, ckpt = _checkpoint(run_dir, step)
     info = _run_info(run_dir)
     stage = info["deepspeed"].get("zero_optimization", {}).get("stage", 0)
@@ -93,7 +94,7 @@ def to_universal(run_dir: str | Path, out_dir: str | Path, *, step: int | None =
     problem = damage(ckpt, stage)
     if problem:
         raise ConversionError(problem)
-    with staged_directory(out_dir) as staging:
+    with staged_directory(out_dir, kind="universal") as staging:
         step_dir = staging / ckpt.name
         res = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
                               str(ckpt), "--output_folder", str(step_dir), "--num_extract_workers", "1",

@@ -57,11 +57,20 @@ def load_index(shard_dir: str | Path) -> dict:
 def check_fingerprint(index: dict, tokenizer, index_path: str | Path) -> None:
     """Raise DataError unless the shards were tokenised by a tokenizer with the same fingerprint as `tokenizer`,
     and every language of the shard set has its tag (with the same id) in `tokenizer`."""
-    from swcm.tokenization import lang_tag, tokenizer_fingerprint
+    from swcm.tokenization import lang_tag, tokenizer_fingerprint, trimmed_from
 
     have = tokenizer_fingerprint(tokenizer)
     want = index["tokenizer"]["fingerprint"]
     if have != want:
+        if trimmed_from(getattr(tokenizer, "name_or_path", None)) == want:
+            raise DataError(f"{index_path}: the shards were made with the untrimmed tokenizer (fingerprint {want}) "
+                            f"of this trimmed model (fingerprint {have}); re-run launch/prepare_data.py with "
+                            f"--tokenizer {tokenizer.name_or_path}")
+        if trimmed_from(index["tokenizer"].get("path")) == have:
+            raise DataError(f"{index_path}: the shards were made with a trimmed tokenizer "
+                            f"({index['tokenizer']['path']}, fingerprint {want}) but the model is untrimmed (fingerprint "
+                            f"{have}); use the trimmed model or re-run launch/prepare_data.py with the model's tokenizer "
+                            f"directory")
         raise DataError(f"{index_path}: the shards were tokenised with tokenizer fingerprint {want}, but the "
                         f"model's tokenizer has fingerprint {have}; re-run launch/prepare_data.py with the "
                         f"model's tokenizer directory")

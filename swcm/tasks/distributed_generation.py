@@ -9,6 +9,7 @@ import torch.distributed as dist
 
 from swcm.tasks.generation import generate_batch, length_batches
 from swcm.tasks.jsonl import Example
+from swcm.tasks.layouts import tags_layout
 
 
 def generate_on_ranks(model, tokenizer, examples: Sequence[Example], *, num_beams: int, max_new_tokens: int,
@@ -26,9 +27,10 @@ def generate_on_ranks(model, tokenizer, examples: Sequence[Example], *, num_beam
         most = torch.tensor([len(batches)], dtype=torch.float64, device=model.device)
         dist.all_reduce(most, op=dist.ReduceOp.MAX)
         batches += [batches[-1] if batches else [0]] * (int(most.item()) - len(batches))
+    layout = tags_layout(tokenizer, {code for e in examples for code in (e.src_lang, e.tgt_lang)})
     predictions = {}
     for batch in batches:
-        texts = generate_batch(model, tokenizer, [examples[i] for i in batch], num_beams=num_beams,
+        texts = generate_batch(model, layout, [examples[i] for i in batch], num_beams=num_beams,
                                max_new_tokens=max_new_tokens, max_len=max_len, synced_gpus=synced)
         predictions.update(zip(batch, texts))
     shares = [None] * world

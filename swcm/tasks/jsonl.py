@@ -11,7 +11,8 @@ so the encoder sees `<s> <lang> question </s></s> context </s>`. The question co
 length limit cuts the end of the context, never the question.
 
 Other fields (an "id", say) are ignored. A prediction file is a task file in the first form whose lines also
-have "prediction" (what `launch/evaluate.py --out` writes).
+have "prediction" (what `launch/evaluate.py --out` writes) and, when a model scored the references, "nll" (the
+reference's summed token NLL in nats) and "tokens" (its scored tokens): see `swcm.tasks.likelihood`.
 """
 
 from __future__ import annotations
@@ -136,6 +137,35 @@ def read_predictions(path: str | Path, lang_codes: Collection[str] | None = None
     return _nonempty(examples, path), predictions
 
 
+def read_likelihood(path: str | Path):
+    """The (n, 2) [nll, tokens] rows of a prediction file whose every line has them, None when no line has them;
+    DataError for a line with only one of them, a value that is not a non-negative number, or a file where some
+    lines have them and others not."""
+    import numpy as np
+
+    path = Path(path)
+    rows = []
+    for n, obj in _objects(path):
+        present = [k in obj for k in ("nll", "tokens")]
+        if any(present) != all(present):
+            raise DataError(path, n, "expected both 'nll' and 'tokens' or neither")
+        if not all(present):
+            rows.append(None)
+            continue
+        nll, tokens = obj["nll"], obj["tokens"]
+        if not (isinstance(nll, (int, float)) and not isinstance(nll, bool) and nll >= 0):
+            raise DataError(path, n, f"field 'nll' must be a non-negative number, got {nll!r}")
+        if not (isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 1):
+            raise DataError(path, n, f"field 'tokens' must be a positive integer, got {tokens!r}")
+        rows.append((float(nll), float(tokens)))
+    if all(r is None for r in rows):
+        return None
+    if any(r is None for r in rows):
+        first = next(i for i, r in enumerate(rows) if r is None)
+        raise DataError(path, None, f"example {first + 1} has no 'nll' but others have (expected all or none)")
+    return np.array(rows, dtype=np.float64).reshape(-1, 2)
+
+
 def check_same_inputs(examples: list[Example], path: str | Path, other: list[Example], other_path: str | Path
                       ) -> None:
     """Raise DataError unless `other` (read from `other_path`) holds the inputs of `examples` (read from `path`:
@@ -149,8 +179,14 @@ def check_same_inputs(examples: list[Example], path: str | Path, other: list[Exa
                                                          "(expected the same inputs in the same order)")
 
 
-def prediction_lines(examples: list[Example], predictions: list[str]) -> str:
-    """A prediction file's text: one JSON line per example, in order."""
-    return "".join(json.dumps({"source": e.source, "target": e.target, "prediction": p, "src_lang": e.src_lang,
-                               "tgt_lang": e.tgt_lang}, ensure_ascii=False) + "\n"
-                   for e, p in zip(examples, predictions, strict=True))
+def prediction_lines(examples: list[Example], predictions: list[str], likelihood=None) -> str:
+    """A prediction file's text: one JSON line per example, in order; with `likelihood` ((n, 2) rows of
+    `swcm.tasks.likelihood.likelihood_stats`) each line also has "nll" and "tokens"."""
+    lines = []
+    for i, (e, p) in enumerate(zip(examples, predictions, strict=True)):
+        record = {"source": e.source, "target": e.target, "prediction": p, "src_lang": e.src_lang,
+                  "tgt_lang": e.tgt_lang}
+        if likelihood is not None:
+            record.update(nll=float(likelihood[i, 0]), tokens=int(likelihood[i, 1]))
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    return "".join(lines)

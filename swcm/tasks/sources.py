@@ -9,8 +9,9 @@ from swcm.tasks.jsonl import DataError
 
 
 def _lines(path: Path) -> list[str]:
+    """The lines of UTF-8 file `path`, without a leading byte-order mark; DataError naming a bad file or line."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")   # a byte-order mark (Windows editors) is not text
     except FileNotFoundError:
         raise DataError(path, None, "file not found") from None
     except UnicodeDecodeError as e:

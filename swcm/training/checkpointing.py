@@ -25,6 +25,7 @@ from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL
                                             UNIVERSAL_CHECKPOINT_VERSION_VALUE)
 
 from swcm.atomic_write import write_atomic
+from swcm.output_guard import output_error
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +117,19 @@ def save(engine, root: Path, step: int, *, loader_state: dict, run_state: dict, 
     dist.barrier()
     # universal_checkpoint_info: what DeepSpeed's ds_to_universal needs from the saving side (no tensor or pipeline
     # parallelism here, so only the format version).
-    engine.save_checkpoint(str(root), tag=tag, save_latest=False, client_state={
-        "swcm": run_state, UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}})
-    ckpt.mkdir(parents=True, exist_ok=True)
-    per_rank = {"rank": rank, "world_size": world, "step": step, "loader": loader_state, "rng": _rng_state()}
-    write_atomic(ckpt / f"swcm_rank{rank}.json", json.dumps(per_rank))
+    try:
+        engine.save_checkpoint(str(root), tag=tag, save_latest=False, client_state={
+            "swcm": run_state,
+            UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}})
+        ckpt.mkdir(parents=True, exist_ok=True)
+        per_rank = {"rank": rank, "world_size": world, "step": step, "loader": loader_state, "rng": _rng_state()}
+        write_atomic(ckpt / f"swcm_rank{rank}.json", json.dumps(per_rank))
+    except Exception as e:
+        shutil.rmtree(ckpt, ignore_errors=True)   # the disk as it was before the save (resume ignores it anyway)
+        named = output_error(e, ckpt)   # a full disk or another OSError: `PATH: reason`
+        if named is None:
+            raise
+        raise named from e
     dist.barrier()
     if rank == 0:
         write_atomic(ckpt / MARKER, json.dumps({"step": step, "world_size": world}) + "\n")
@@ -131,6 +140,18 @@ def save(engine, root: Path, step: int, *, loader_state: dict, run_state: dict, 
         log.info("saved checkpoint %s", ckpt)
     dist.barrier()
     return ckpt
+
+
+def remove_incomplete(root: Path) -> list[Path]:
+    """Remove the checkpoint directories under `root` that have no COMPLETE marker (saves that died midway, whose
+    ranks could not all clean up); returns them. Only for the run's one writer, before it saves."""
+    removed = []
+    if root.is_dir():
+        for d in sorted(root.iterdir()):
+            if _TAG.match(d.name) and d.is_dir() and not (d / MARKER).is_file():
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d)
+    return removed
 
 
 def load_latest(engine, root: Path) -> tuple[int, dict, dict, dict] | None:

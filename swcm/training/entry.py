@@ -29,13 +29,37 @@ def parse_args(doc: str, config_help: str, argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+# What a launcher (DeepSpeed's, torchrun, swcm-launch, mpirun, srun with several tasks) sets in each process.
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+
+def single_process_defaults(env=os.environ) -> bool:
+    """Without a launcher, make this process a job of world size 1 (rank 0, a free local port), as `torchrun
+    --nproc_per_node 1` would; DeepSpeed would otherwise go looking for MPI. Returns whether it did."""
+    if any(v in env for v in LAUNCHER_VARIABLES) or int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+        return False
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+    env.setdefault("MASTER_ADDR", "127.0.0.1")
+    env.setdefault("MASTER_PORT", str(port))
+    return True
+
+
 def run(doc: str, config_help: str, config_cls, make_task, argv=None) -> int:
     """Parse `argv`, build the config (`config_cls`) and the trainer with `make_task(cfg, out_dir)`, train; returns the
-    exit code (2 with one `error:` line for a bad config, file or option, before any process group starts)."""
+    exit code (2 with one `error:` line for a bad config, file or option, before any process group starts). Without
+    a launcher it runs as one process (world size 1)."""
     args = parse_args(doc, config_help, argv)
+    alone = single_process_defaults()
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s")
+    if alone:
+        logging.getLogger(__name__).info("no launcher: running as one process (world size 1)")
     from swcm.config import ConfigError, load_config
     from swcm.data.shards import DataError
     from swcm.training.failure import exit_on_failure

@@ -1,6 +1,7 @@
 """How a training process ends when something raises: one `error:` line for the whole job, nothing waited for.
 
-The first rank to fail (counted in the process group's store) prints `error: rank R: <cause>`; ranks that fail
+The first rank to fail (counted in the process group's store) prints `error: rank R: <cause>`, or for an output
+that could not be written (read-only, full disk) `error: PATH: <reason> (rank R; ...)`; ranks that fail
 after it, usually because a collective lost that rank, print a plain line saying so. Every rank then leaves at
 once with `os._exit`, skipping atexit work that could wait on dead peers; its loader workers die with it, and the
 launcher ends the other ranks.
@@ -14,6 +15,9 @@ import os
 import sys
 import traceback
 from pathlib import Path
+
+from swcm.atomic_write import write_atomic
+from swcm.output_guard import OutputError, os_error_line
 
 log = logging.getLogger(__name__)
 
@@ -36,26 +40,40 @@ def _first_to_fail() -> bool:
 
 
 def _keep_traceback(exc: BaseException, out_dir: Path, rank: int) -> Path | None:
-    """Write the traceback to RUN/errors/rank{R}.txt if the disk allows; returns the path, or None."""
+    """Write the traceback to RUN/errors/rank{R}.txt if the disk allows; returns the path, or None (and no empty
+    or cut file left behind)."""
+    path = out_dir / "errors" / f"rank{rank}.txt"
     try:
-        path = out_dir / "errors" / f"rank{rank}.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(traceback.format_exception(exc)))
+        write_atomic(path, "".join(traceback.format_exception(exc)))
         return path
     except OSError:
         return None
 
 
+def _cause(exc: BaseException) -> str:
+    """The error line's text: `PATH: reason` for an output that could not be written, else `Type: first line`."""
+    if isinstance(exc, OSError):
+        return os_error_line(exc)
+    if isinstance(exc, OutputError):
+        return str(exc)
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}".rstrip(": ")
+
+
 def exit_on_failure(exc: BaseException, out_dir: Path, rank: int, cleanup=()) -> None:
     """Report `exc` (one `error:` line if this rank failed first), run the `cleanup` callables, and end the
     process with EXIT_FAILED. Never returns."""
-    cause = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
+    cause = _cause(exc)
     where = _keep_traceback(exc, out_dir, rank)
-    detail = f" (traceback: {where})" if where else ""
-    if _first_to_fail():
-        print(f"error: rank {rank}: {cause}{detail}", file=sys.stderr, flush=True)
+    kept = f"traceback: {where}" if where else ""
+    if not _first_to_fail():
+        line = f"rank {rank} stopped after another rank's failure: {cause}" + (f" ({kept})" if kept else "")
+    elif isinstance(exc, (OSError, OutputError)):   # the path and its cause first: what the user acts on
+        line = f"error: {cause} (rank {rank}" + (f"; {kept})" if kept else ")")
     else:
-        print(f"rank {rank} stopped after another rank's failure: {cause}{detail}", file=sys.stderr, flush=True)
+        line = f"error: rank {rank}: {cause}" + (f" ({kept})" if kept else "")
+    print(line, file=sys.stderr, flush=True)
     for fn in cleanup:
         try:
             fn()

@@ -55,6 +55,7 @@ class FinetuneTask(Seq2SeqTask):
         from swcm.tasks.model_dir import ModelDirError, lang_codes
         from swcm.tokenization import load_tokenizer
 
+        self.check_kernels()
         model_dir = self._source_model_dir()
         try:
             codes = lang_codes(model_dir)

@@ -29,6 +29,7 @@ class PretrainTask(Seq2SeqTask):
         from swcm.tasks.model_dir import ModelDirError, lang_codes
         from swcm.tokenization import load_tokenizer
 
+        self.check_kernels()
         model_dir = self.model_path()
         try:
             lang_codes(model_dir)

@@ -11,6 +11,21 @@ from swcm.training.task import Task
 class Seq2SeqTask(Task):
     """An SWCMForConditionalGeneration from `model_path()`, trained with the run's model settings."""
 
+    def check_kernels(self) -> None:
+        """ConfigError (before any process group) when the run asks for a kernel path that cannot load here: the
+        Triton attention, or the fused LM head + loss; `auto` attention never fails (it warns on CUDA)."""
+        from swcm.config import ConfigError
+        from swcm.modeling_swcm import kernel_module, triton_attention_unavailable
+
+        model = self.cfg.model
+        if model.attn_implementation == "triton" and (why := triton_attention_unavailable()) is not None:
+            raise ConfigError(f"model.attn_implementation: 'triton' cannot run here: {why}")
+        if model.fused_lm_head_ce:
+            try:
+                kernel_module("lm_head_ce")
+            except ImportError as e:
+                raise ConfigError(f"model.fused_lm_head_ce: {e} (set it false for the naive head)") from None
+
     def build_model(self, cfg):
         from swcm.modeling_swcm import SWCMForConditionalGeneration
 
@@ -21,6 +36,11 @@ class Seq2SeqTask(Task):
         if cfg.model.gradient_checkpointing:
             model.activation_checkpointing_enable()
         return model
+
+    def lm_head(self, model_config, device) -> str:
+        from swcm.modeling_swcm import resolve_lm_head
+
+        return resolve_lm_head(model_config, device)
 
     def flops(self, model_config, batch: dict) -> float:
         return model_flops(model_config, batch["attention_mask"].sum(1), batch["decoder_attention_mask"].sum(1))

@@ -35,6 +35,10 @@ class Task:
         construction when that stage is on."""
         raise NotImplementedError
 
+    def lm_head(self, model_config, device) -> str:
+        """The LM head + loss path the model's training forward takes on `device` (recorded in RUN/config.json)."""
+        return "naive"
+
     def loss_keys(self, model_config) -> list[str]:
         """The keys of the losses logged as `train/loss_<key>`."""
         raise NotImplementedError

@@ -33,11 +33,13 @@ import torch.distributed as dist
 from swcm.atomic_write import write_atomic
 from swcm.config import ConfigError, RunConfig
 from swcm.modeling_swcm import resolve_attn_implementation
+from swcm.output_guard import mark_ours
 from swcm.seq2seq_layout import scored
 from swcm.training import checkpointing, nonfinite
 from swcm.training import resume as resume_module
 from swcm.training.ds_config import load_ds_config, micro_batch_size
 from swcm.training.engine import build_engine, init_process_group
+from swcm.training.run_lock import hold_run_lock
 from swcm.training.metrics import LossTracker, device_peak_flops, memory_gb
 from swcm.training.release import release_engine, return_freed_memory
 from swcm.training.run_log import RunLog, SampleLog
@@ -106,6 +108,10 @@ class Trainer:
         self.ds_config_path = ds_config_path
         self.ds_config = self._ds_config(cfg.train.micro_batch_size, cfg.train.global_batch_size)
         _check_out_dir(self.out)
+        self._lock = hold_run_lock(self.out) if self.rank == 0 else None   # released when this process ends
+        if self.rank == 0:
+            for partial in checkpointing.remove_incomplete(self.out / "checkpoints"):
+                log.warning("removed %s: a save that did not complete", partial)
         self.tokenizer = task.check()
         if checkpointing.complete_checkpoints(self.out / "checkpoints") and not (resume or resume_from):
             raise ConfigError(f"{self.out}: holds checkpoints already; pass --resume to continue it, or choose "
@@ -156,6 +162,7 @@ class Trainer:
         self.engine, self.scheduler = build_engine(model, self.cfg.train, self.ds_config, self.cfg.train.max_steps)
         self.device = self.engine.device
         self.attention = resolve_attn_implementation(self.cfg.model.attn_implementation, self.device)
+        self.lm_head = self.task.lm_head(self.model_config, self.device)
         self.stage = self.engine.zero_optimization_stage()
         self.gas = self.engine.gradient_accumulation_steps()
         micro = micro_batch_size(self.ds_config, self.world)
@@ -234,8 +241,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ the loop
     def train(self) -> int:
-        """Train to `train.max_steps`, or until SIGTERM/SIGINT (save, exit 0) or too many skipped steps in a row
-        (exit 3); returns the exit code. An exception ends this rank at once: streams closed, nothing waited for."""
+        """Train to `train.max_steps`, or until SIGTERM/SIGINT (save, exit 0, without the task's end-of-run work such
+        as fine-tuning's export: `--resume` does it) or too many skipped steps in a row (exit 3); returns the exit code. An exception ends this rank at once: streams closed, nothing waited for."""
         self.build()
         step, rng_state = self.restore()
         self.run_log = self._start_run_files(step)
@@ -251,7 +258,7 @@ class Trainer:
             stop.restore()
             batches.close()   # shuts the loader's workers down, also on the way out of an exception
         self._finish(step, exit_code)
-        if exit_code == 0:
+        if exit_code == 0 and not self.interrupted:   # stopped by a signal: resumed later, finished then
             # The export that may follow must not stack on top of the model, gradients and optimizer states.
             release_engine(self.engine)
             self.engine = self.scheduler = self.tracker = None
@@ -263,7 +270,7 @@ class Trainer:
     def _loop(self, step: int, rng_state, batches, stop: StopRequest) -> tuple[int, int]:
         """Steps until the end, a stop request, early stopping or a failure; returns (last step, exit code)."""
         train, total = self.cfg.train, self.cfg.train.max_steps
-        skipped_in_a_row, seeded = 0, False
+        skipped_in_a_row, seeded, self.interrupted = 0, False, False
         while step < total:
             step_batches = [next(batches) for _ in range(self.gas)]
             if not seeded:   # after the loader has started: its workers and ZeRO-3's set-up may draw from the RNG
@@ -287,6 +294,7 @@ class Trainer:
             if stopping or save_now or early_stop or step % train.save_every == 0 or step == total:
                 self.save(step)
             if stopping or early_stop:
+                self.interrupted = stopping
                 if self.rank == 0:
                     log.warning("stopped at step %d: %s", step, "by signal; resume with --resume" if stopping
                                 else "early stopping (no better dev metric for eval.patience evaluations)")
@@ -326,15 +334,16 @@ class Trainer:
         if self.rank != 0:
             return None
         self.out.mkdir(parents=True, exist_ok=True)
+        mark_ours(self.out, "run")
         write_atomic(self.out / "config.json", json.dumps(
             {"run": self.cfg.to_dict(), "task": self.task.name, "deepspeed": self.ds_config,
-             "world_size": self.world, "attention": self.attention}, indent=2))
+             "world_size": self.world, "attention": self.attention, "lm_head": self.lm_head}, indent=2))
         self.model_config.save_pretrained(str(self.out / "model"))
         self.tokenizer.save_pretrained(str(self.out / "model"))
         log.info("model: %.1fM parameters (%s); world size %d, ZeRO stage %d, %s, %d micro-batches per step; "
-                 "attention %s -> %s (%s tensors)", self.n_params / 1e6, self.task.describe(self.model_config),
+                 "attention %s -> %s (%s tensors), LM head %s", self.n_params / 1e6, self.task.describe(self.model_config),
                  self.world, self.stage, "bf16" if self.ds_config["bf16"].get("enabled") else "fp32", self.gas,
-                 self.cfg.model.attn_implementation, self.attention, self.device.type)
+                 self.cfg.model.attn_implementation, self.attention, self.device.type, self.lm_head)
         return RunLog(self.out, step, self.cfg.train.max_steps, self.task.name)
 
     # ------------------------------------------------------------------------------------------------ logging

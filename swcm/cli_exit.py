@@ -1,0 +1,60 @@
+"""How a command-line tool ends: one `error:` line and an exit status, never a traceback, for what the user can act
+on. Bad input is status 2; an OSError (read-only, full or missing location) is `error: PATH: reason`, status 1;
+SIGINT / SIGTERM is `error: interrupted`, status 130 / 143 (128 + the signal, as a shell reports a killed job),
+after the `finally` blocks on the way out have removed what the interrupted work left half-written."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from swcm.output_guard import os_error_line
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived. A BaseException, so that `except Exception` clean-up code does not swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+@contextmanager
+def interrupts_raised() -> Iterator[None]:
+    """Within the block SIGTERM and SIGINT raise `Interrupted` where the main thread is. The first one does; the
+    ones after it (a terminal's Ctrl-C and a scheduler's SIGTERM often come together) are ignored until the block
+    has ended, so that clean-up is not cut short. The previous handlers are put back at the end."""
+    def handle(signum, frame):
+        for s in SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handle) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def run_reporting(work: Callable[[], object], user_errors: tuple[type[BaseException], ...]) -> int:
+    """Call `work()` with interrupts raised; return 0, or print one `error:` line on stderr and return the status
+    (2 for `user_errors`, 1 for an OSError, 128 + signal for an interrupt)."""
+    try:
+        with interrupts_raised():
+            work()
+    except Interrupted as e:
+        print("error: interrupted", file=sys.stderr)
+        return e.exit_code
+    except user_errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return 1
+    return 0

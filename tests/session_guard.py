@@ -1,0 +1,72 @@
+"""A pytest plugin (loaded by tests/conftest.py): the test session leaves the machine as it found it.
+
+/dev/shm is RAM; a test that leaves DeepSpeed's ~70 MB all-reduce buffers there, or a process running, costs every
+later session. At the end of the session, what it left is reported as an error, cleaned up, and the session fails.
+The machine may be shared, so a new /dev/shm entry counts only when no live process maps it (a concurrent job's
+buffers are mapped by its ranks). Child processes get LEFT_WITHIN_S seconds to end on their own.
+"""
+
+import os
+import sys
+import time
+
+import psutil
+import pytest
+
+SHM = "/dev/shm"
+LEFT_WITHIN_S = 10
+
+
+def _shm_entries() -> set[str]:
+    return set(os.listdir(SHM)) if os.path.isdir(SHM) else set()
+
+
+def _mapped_shm() -> set[str]:
+    """Names of the /dev/shm entries that some live process has mapped."""
+    names = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                names.update(line.split(f"{SHM}/", 1)[1].split()[0] for line in f if f"{SHM}/" in line)
+        except OSError:   # gone, or not ours to read
+            pass
+    return names
+
+
+def pytest_sessionstart(session):
+    session.config._shm_before = _shm_entries()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    def running():
+        alive = []
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        return alive
+
+    deadline = time.monotonic() + LEFT_WITHIN_S
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = running()
+    problems = []
+    for p in left:
+        try:
+            problems.append(f"process {p.pid} still running: {' '.join(p.cmdline())[:200]}")
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    gained = _shm_entries() - session.config._shm_before - _mapped_shm()
+    for name in sorted(gained):
+        problems.append(f"{SHM}/{name} left behind")
+        try:
+            os.unlink(os.path.join(SHM, name))
+        except OSError:
+            pass
+    if problems:
+        print("\nerror: the test session did not leave the machine as it found it (now cleaned up):\n  "
+              + "\n  ".join(problems), file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
