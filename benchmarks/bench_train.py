@@ -25,6 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from random_model import build_random_swcm
 from results import REPO as ROOT, RESULTS_DIR, append_csv, git_sha
 
 RESULTS = RESULTS_DIR / "bench_train.csv"
@@ -35,26 +36,8 @@ def build_assets(work: Path, layers: int, vocab: int, hidden: int = 768) -> Path
     """A random SWCM model of CINO-base-v2 width (hidden 768, 12 heads, FFN 3072; heads and FFN scale with `hidden`
     as in XLM-R, one head per 64 dimensions), `vocab` rows, with the demo tokenizer, and shards of the demo text;
     returns the run config path."""
-    import torch
-    from transformers import AutoTokenizer
-
-    from swcm.assets import build_demo_tokenizer
-    from swcm.modeling_swcm import SWCMConfig, SWCMForConditionalGeneration
-    from swcm.tokenization import DEFAULT_LANG_CODES, add_language_tags
-
     model_dir = work / "model"
-    if not (model_dir / "config.json").exists():
-        build_demo_tokenizer(work / "tokenizer", vocab_size=8000)
-        tok = AutoTokenizer.from_pretrained(str(work / "tokenizer"))
-        ids = add_language_tags(tok, DEFAULT_LANG_CODES)
-        # The embedding is CINO-sized; the demo tokenizer only uses its first rows, which changes no cost.
-        cfg = SWCMConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                         num_attention_heads=hidden // 64, intermediate_size=4 * hidden, normal_layer_every=3,
-                         lang_codes=list(DEFAULT_LANG_CODES), lang_token_ids=ids)
-        torch.manual_seed(0)
-        model = SWCMForConditionalGeneration(cfg)
-        model.save_pretrained(str(model_dir))
-        tok.save_pretrained(str(model_dir))
+    build_random_swcm(model_dir, layers=layers, vocab=vocab, hidden=hidden, heads=hidden // 64, ffn=4 * hidden)
     shards = work / "shards"
     if not (shards / "index.json").exists():
         ntrex = DEMO / "parallel" / "ntrex128" / "ntrex128.train"

@@ -11,18 +11,23 @@ from swcm.training.ds_ops import load_shm_comm_op
 from swcm.training.fp32_master import share_fp32_master
 from swcm.training.gloo_collectives import use_bounded_gloo_collectives
 from swcm.training.schedule import warmup_linear_decay
+from swcm.training.threads import share_cores_between_ranks
 
 log = logging.getLogger(__name__)
 
 
 def init_process_group(gloo_piece_mb: float) -> tuple[int, int]:
-    """Start DeepSpeed's process group (gloo on CPU ranks, NCCL on GPUs); on gloo, route large all-gathers and
+    """Start DeepSpeed's process group (gloo on CPU ranks, NCCL on GPUs), CPU ranks sharing the host's cores unless
+    OMP_NUM_THREADS says otherwise (swcm/training/threads.py); on gloo, route large all-gathers and
     reduce-scatters through bounded pieces of `gloo_piece_mb` MiB (0 = off). Returns (rank, world size)."""
     import deepspeed
 
     load_shm_comm_op()
+    threads = share_cores_between_ranks()
     deepspeed.init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
+    if threads is not None and rank == 0:
+        log.info("OMP_NUM_THREADS unset: %d torch thread(s) per rank (this host's cores shared by its ranks)", threads)
     piece_bytes = int(gloo_piece_mb * 2 ** 20)
     if piece_bytes and use_bounded_gloo_collectives(piece_bytes) and rank == 0:
         log.info("gloo: all-gathers and reduce-scatters above %.4g MiB run in pieces of that size (bounded memory)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from swcm.atomic_write import write_atomic
@@ -28,10 +29,11 @@ class RunLog:
                         mininterval=0.5 if sys.stderr.isatty() else 30)
 
     def step_row(self, row: dict) -> None:
-        """One optimizer step: its JSONL line, TensorBoard `train/loss`, `train/lr`, `train/grad_norm`, the bar."""
+        """One optimizer step: its JSONL line (with `time`, the wall clock as it is written, so that a benchmark can
+        time steps from outside), TensorBoard `train/loss`, `train/lr`, `train/grad_norm`, the bar."""
         step = row["step"]
         with open(self.metrics, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps({**row, "time": time.time()}) + "\n")
         for key in ("loss", "lr", "grad_norm"):
             self.writer.add_scalar(f"train/{key}", row[key], step)
         self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", refresh=False)

@@ -41,6 +41,7 @@ from swcm.training.ds_config import load_ds_config, micro_batch_size
 from swcm.training.engine import build_engine, init_process_group
 from swcm.training.run_lock import hold_run_lock
 from swcm.training.metrics import LossTracker, device_peak_flops, memory_gb
+from swcm.training.release import release_engine, return_freed_memory
 from swcm.training.run_log import RunLog, SampleLog
 from swcm.training.shm import release_shm_buffers
 from swcm.training.step_batches import StepBatches, data_layout
@@ -54,8 +55,9 @@ class StepResult:
     loss: float          # per-token mean over the step, all ranks (NaN if a loss was not finite)
     grad_norm: float
     applied: bool        # False: the update was skipped (non-finite gradients)
-    tokens: int          # source + target tokens of the step, all ranks
+    tokens: int          # source + scored target tokens of the step, all ranks
     seconds: float
+    stop_requested: bool = False   # some rank had a stop request by the end of the step
 
 
 class Throughput:
@@ -71,8 +73,12 @@ class Throughput:
         self.start = time.perf_counter()
 
     def add(self, batch: dict) -> int:
-        """Count one micro-batch; returns its tokens (source + target where there is a decoder)."""
-        tokens = sum(int(batch[k].sum()) for k in ("attention_mask", "decoder_attention_mask") if k in batch)
+        """Count one micro-batch; returns its tokens: source tokens, plus the scored target tokens where there is a
+        decoder (not the decoder's unscored input after `</s>`, so that tokens/s counts what is trained on, as a
+        Hugging Face user counts it from the labels)."""
+        tokens = int(batch["attention_mask"].sum())
+        if "decoder_attention_mask" in batch:
+            tokens += int(scored(batch["labels"]).sum())
         self.tokens += tokens
         self.samples += 0 if batch.get("is_padding") else len(batch["attention_mask"])
         self.flops += self.flops_of(batch)
@@ -210,9 +216,10 @@ class Trainer:
         return torch.stack(grads).norm().item() if grads else 0.0
 
     # ------------------------------------------------------------------------------------------------ the step
-    def train_step(self, batches: list[dict]) -> StepResult:
+    def train_step(self, batches: list[dict], stop: StopRequest | None = None) -> StepResult:
         """One optimizer step over this rank's micro-batches `batches` (collective): the gradient of the step's
-        per-token mean loss over all ranks, applied unless it is not finite."""
+        per-token mean loss over all ranks, applied unless it is not finite. Whether any rank's `stop` was requested
+        by the end of the step rides on the step's closing all-reduce (no collective of its own)."""
         start = time.perf_counter()
         masks = [scored(b["labels"]) for b in batches]
         count = self._reduce([float(sum(int(m.sum()) for m in masks))])[0]   # scored tokens in the step
@@ -238,11 +245,12 @@ class Trainer:
             applied = False
         if grad_norm is None:   # ZeRO 1-3: DeepSpeed's own (None when its norm computation is off)
             grad_norm = self.engine.get_global_grad_norm()
-        stats = self._reduce(torch.cat([sums, sums.new_tensor([float(tokens)])]))
-        loss_sum, bad, all_tokens, n = torch.cat([stats, count.view(1)]).tolist()   # the step's one host sync
+        requested = float(stop is not None and stop.requested)
+        stats = self._reduce(torch.cat([sums, sums.new_tensor([float(tokens), requested])]))
+        loss_sum, bad, all_tokens, stops, n = torch.cat([stats, count.view(1)]).tolist()   # the step's one host sync
         return StepResult(loss=loss_sum / max(n, 1) if bad == 0 else float("nan"),
                           grad_norm=float("nan") if grad_norm is None else float(grad_norm), applied=applied,
-                          tokens=int(all_tokens), seconds=time.perf_counter() - start)
+                          tokens=int(all_tokens), seconds=time.perf_counter() - start, stop_requested=stops > 0)
 
     # ------------------------------------------------------------------------------------------------ the loop
     def train(self) -> int:
@@ -265,7 +273,12 @@ class Trainer:
             batches.close()   # shuts the loader's workers down, also on the way out of an exception
         self._finish(step, exit_code)
         if exit_code == 0 and not self.interrupted:   # stopped by a signal: resumed later, finished then
+            # The export that may follow must not stack on top of the model, gradients and optimizer states.
+            release_engine(self.engine)
+            self.engine = self.scheduler = self.tracker = None
+            return_freed_memory()
             self.task.finish(self)
+            self._write_perf(process_peak_gb=memory_gb(self.device))
         return exit_code
 
     def _loop(self, step: int, rng_state, batches, stop: StopRequest) -> tuple[int, int]:
@@ -277,7 +290,7 @@ class Trainer:
             if not seeded:   # after the loader has started: its workers and ZeRO-3's set-up may draw from the RNG
                 self._seed_dropout(rng_state)
                 seeded = True
-            result = self.train_step(step_batches)
+            result = self.train_step(step_batches, stop)
             step += 1
             if self.sample_log is not None:
                 self.sample_log.add(step, step_batches)
@@ -287,9 +300,11 @@ class Trainer:
                 return step, self._fail(f"{skipped_in_a_row} steps in a row had non-finite gradients and were "
                                         "skipped (lower train.lr, check the data, or use bf16 rather than fp16)", 3)
             save_now = early_stop = False
+            stopping = result.stop_requested
             if train.dev_every and (step % train.dev_every == 0 or step == total):
                 save_now, early_stop = self.task.after_evaluate(step, self.evaluate(step))
-            stopping = bool(self._reduce([float(stop.requested)], dist.ReduceOp.MAX).item())
+                # a signal may have come during the evaluation: agree on it again (only at evaluation steps)
+                stopping = bool(self._reduce([float(stop.requested)], dist.ReduceOp.MAX).item())
             if stopping or save_now or early_stop or step % train.save_every == 0 or step == total:
                 self.save(step)
             if stopping or early_stop:
@@ -408,14 +423,20 @@ class Trainer:
                            keep_last=self.cfg.train.keep_last, protect=self.task.protected_steps())
         self.last_saved = step
 
+    def _write_perf(self, **extra: float) -> None:
+        """RUN/perf/rank{R}.json: `peak_memory_gb`, this rank's peak by the end of training (the final save included),
+        plus `extra` (at the very end: `process_peak_gb`, the peak over the whole process, end-of-run work included)."""
+        perf = self.out / "perf"
+        perf.mkdir(parents=True, exist_ok=True)
+        write_atomic(perf / f"rank{self.rank}.json", json.dumps({"peak_memory_gb": self.training_peak_gb, **extra}))
+
     def _finish(self, step: int, exit_code: int) -> None:
         if self.rank == 0 and self.run_log is not None:
             self.run_log.close()
             if exit_code == 0 and getattr(self, "last_saved", None) == step:
                 log.info("done: step %d, checkpoint in %s", step,
                          self.out / "checkpoints" / checkpointing.tag_for(step))
-        perf = self.out / "perf"
-        perf.mkdir(parents=True, exist_ok=True)
-        write_atomic(perf / f"rank{self.rank}.json", json.dumps({"peak_memory_gb": memory_gb(self.device)}))
+        self.training_peak_gb = memory_gb(self.device)
+        self._write_perf()
         dist.barrier()
         release_shm_buffers()
