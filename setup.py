@@ -29,6 +29,6 @@ setup(
     entry_points={"console_scripts": ["swcm-launch=swcm.launcher:main"]},
     extras_require={
         "triton": ["triton>=3.0"],
-        "dev": ["pytest>=8", "pytest-timeout>=2", "triton>=3.0"],
+        "dev": ["pytest>=8", "pytest-timeout>=2", "triton>=3.0", "py-spy>=0.3"],   # py-spy: bench_peer --profile
     },
 )
