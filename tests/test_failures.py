@@ -342,7 +342,7 @@ def test_prepare_argument_errors_write_nothing(tokenizer, texts, tmp_path, case)
     tok = tokenizer.saved_dir
     if case == "out_is_a_file":
         out.write_text("mine")
-        expect = [f"--out {out}", "expected a directory"]
+        expect = [f"--out {out}", "is not a directory"]
     else:
         tok = tmp_path / "no_tokenizer"
         expect = [f"--tokenizer {tok}", "not found"]

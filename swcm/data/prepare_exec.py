@@ -1,0 +1,119 @@
+"""datatrove executors for prepare: local processes, a SLURM job array (tasks, then a one-task merge job that
+depends on them), or Ray when it is installed.
+
+datatrove's task logger prints every failure with its traceback on stderr and re-adds a DEBUG-level stderr logger
+after each task; our entry point's promise is one `error:` line. So each task logs to its file in the logging
+directory at DEBUG, as datatrove does, and to stderr only at `stderr_level`, never with a traceback (the file
+keeps it). The two datatrove functions that set this up are replaced at the start of each task, in the process
+that runs it (forkserver workers and SLURM jobs import this module afresh).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import datatrove.executor.base as dt_base
+from datatrove.executor.local import LocalPipelineExecutor
+from datatrove.executor.slurm import SlurmPipelineExecutor
+from datatrove.utils.logging import logger
+
+from swcm.data.shards import DataError
+
+
+def _stderr_format(record) -> str:
+    return "{time:HH:mm:ss} {level} datatrove task: {message}\n"   # no {exception}: the task's log file has it
+
+
+def _quiet_logging(stderr_level: str) -> None:
+    """Route datatrove's logging as the module docstring says, for the tasks run by this process from now on."""
+
+    def add_task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -1):
+        logger.remove()
+        logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
+        logger.add(logfile, level="DEBUG", format="{time} | {level: <8} | {name}:{function}:{line} - {message}")
+        logger.add(sys.stderr, level=stderr_level if local_rank == 0 else "ERROR", format=_stderr_format,
+                   filter=lambda r: r["exception"] is None)
+        logger.info(f"task {rank} starts")
+        return logfile
+
+    def close_task_logger(logfile) -> None:
+        logger.complete()
+        set_coordinator_logging(stderr_level)
+        logfile.close()
+
+    dt_base.add_task_logger = add_task_logger
+    dt_base.close_task_logger = close_task_logger
+
+
+def set_coordinator_logging(stderr_level: str) -> None:
+    """datatrove's messages outside tasks (tasks skipped, completed): on stderr at `stderr_level`, no tracebacks."""
+    logger.remove()
+    logger.add(sys.stderr, level=stderr_level, format=_stderr_format, filter=lambda r: r["exception"] is None)
+
+
+class LocalExecutor(LocalPipelineExecutor):
+    """`LocalPipelineExecutor` with our logging (see the module docstring)."""
+
+    def __init__(self, *args, stderr_level: str = "WARNING", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stderr_level = stderr_level
+
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        _quiet_logging(self.stderr_level)
+        return super()._run_for_rank(rank, local_rank, node_rank)
+
+
+class SlurmExecutor(SlurmPipelineExecutor):
+    """`SlurmPipelineExecutor` with our logging, and a task environment that does not call `scontrol` (each of our
+    tasks runs on one node, so the node list is this node)."""
+
+    def __init__(self, *args, stderr_level: str = "INFO", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stderr_level = stderr_level
+
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        _quiet_logging(self.stderr_level)
+        return super()._run_for_rank(rank, local_rank, node_rank)
+
+    def get_distributed_env(self, node_rank: int = -1):
+        return dt_base.DistributedEnvVars(
+            datatrove_node_ips=os.environ.get("SLURMD_NODENAME", "localhost"),
+            datatrove_cpus_per_task=str(self.cpus_per_task), datatrove_mem_per_cpu=str(self.mem_per_cpu_gb),
+            datatrove_gpus_on_node="0", datatrove_executor="SLURM")
+
+
+def local(pipeline: list, tasks: int, workers: int, logging_dir: Path, stderr_level: str) -> LocalExecutor:
+    """Tasks over `workers` processes on this machine (in this process when `workers` is 1)."""
+    return LocalExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(logging_dir),
+                         stderr_level=stderr_level)
+
+
+def slurm(pipeline: list, merge_pipeline: list, tasks: int, logging_dir: Path, logs: Path, options: dict
+          ) -> tuple[SlurmExecutor, SlurmExecutor]:
+    """A job array of `tasks` (one datatrove task per array index, at most `options["workers"]` at once) and a
+    one-task merge job that starts when all of them have succeeded. `options`: partition, time, cpus_per_task,
+    mem_per_cpu_gb, workers, job_name, sbatch_args. Submit with `.run()` of the merge executor (it submits the
+    array first)."""
+    common = {"partition": options["partition"], "time": options["time"], "venv_path": f"{sys.prefix}/bin/activate",
+              "sbatch_args": options.get("sbatch_args") or {}, "qos": options.get("qos") or None}
+    array = SlurmExecutor(pipeline, tasks=tasks, workers=options.get("workers") or -1,
+                          cpus_per_task=options.get("cpus_per_task", 1), mem_per_cpu_gb=options.get("mem_per_cpu_gb", 2),
+                          job_name=options.get("job_name", "swcm-prepare"), logging_dir=str(logging_dir),
+                          slurm_logs_folder=str(logs / "slurm"), **common)
+    merge = SlurmExecutor(merge_pipeline, tasks=1, cpus_per_task=1, mem_per_cpu_gb=options.get("mem_per_cpu_gb", 2),
+                          job_name=f"{options.get('job_name', 'swcm-prepare')}-merge", logging_dir=str(logs / "merge"),
+                          slurm_logs_folder=str(logs / "slurm"), depends=array, **common)
+    return array, merge
+
+
+def ray(pipeline: list, tasks: int, workers: int, logging_dir: Path):
+    """Tasks on a Ray cluster (`ray` is an optional dependency: DataError naming the package if it is missing)."""
+    try:
+        import ray as _ray  # noqa: F401
+    except ImportError:
+        raise DataError("--executor ray: the ray package is not installed (pip install 'ray[default]')") from None
+    from datatrove.executor.ray import RayPipelineExecutor
+
+    return RayPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(logging_dir))
