@@ -325,6 +325,17 @@ class StreamShardWriter:
         self.lengths[self._name] = np.asarray(self._lens, dtype=np.int32)
         self._writer = None
 
+    def abort(self) -> None:
+        """Close and remove the open shard (if any) when the task fails: nothing half-written stays, and no tar
+        object is left for the garbage collector to flush into a directory that may be gone by then."""
+        if self._writer is None:
+            return
+        try:
+            self._writer.close()
+        finally:
+            self._writer = None
+            self._tmp.unlink(missing_ok=True)
+
 
 def _input_report(inp: Input) -> dict:
     return {"input": inp.label, "kind": inp.kind, "records": {}, "used_lines": 0, "samples": 0, "split_lines": 0,
@@ -353,6 +364,28 @@ class WriteShards(PipelineStep):
         self._clear_previous_attempt(stage, rank)
         writers: dict[str, StreamShardWriter] = {}
         reports = [_input_report(inp) for inp in self.job.inputs]
+        try:
+            self._write(data, rank, writers, reports)
+        except BaseException:
+            for w in writers.values():
+                w.abort()
+            raise
+        shards, lengths = {}, {}
+        for stream in sorted(writers):
+            writers[stream].close()
+            shards.update(writers[stream].shards)
+            lengths.update(writers[stream].lengths)
+        report_path, lengths_path = task_files(stage, rank)
+        report_path.parent.mkdir(exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, **{Path(name).stem: arr for name, arr in lengths.items()})
+        write_bytes_atomic(lengths_path, buf.getvalue())
+        report = {"rank": rank, "world_size": world_size, "inputs": reports, "shards": shards}
+        write_bytes_atomic(report_path, json.dumps(report, ensure_ascii=False).encode())
+
+
+    def _write(self, data, rank: int, writers: dict, reports: list[dict]) -> None:
+        stage = Path(self.job.stage)
         for doc in data:
             m = doc.metadata
             rep = reports[m["input"]]
@@ -388,19 +421,7 @@ class WriteShards(PipelineStep):
             rep["samples"] += n
             st["samples"] += n
             st["tokens"] += m["tokens"]
-            for lang, (u, n) in m["langs"].items():
+            for lang, (u, t) in m["langs"].items():
                 c = rep["langs"].setdefault(lang, {"tokens": 0, "unk": 0})
-                c["tokens"] += n
+                c["tokens"] += t
                 c["unk"] += u
-        shards, lengths = {}, {}
-        for stream in sorted(writers):
-            writers[stream].close()
-            shards.update(writers[stream].shards)
-            lengths.update(writers[stream].lengths)
-        report_path, lengths_path = task_files(stage, rank)
-        report_path.parent.mkdir(exist_ok=True)
-        buf = io.BytesIO()
-        np.savez(buf, **{Path(name).stem: arr for name, arr in lengths.items()})
-        write_bytes_atomic(lengths_path, buf.getvalue())
-        report = {"rank": rank, "world_size": world_size, "inputs": reports, "shards": shards}
-        write_bytes_atomic(report_path, json.dumps(report, ensure_ascii=False).encode())

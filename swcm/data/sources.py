@@ -101,10 +101,48 @@ def _open_binary(src: Source):
     if src.compression == ".xz":
         return lzma.open(src.path, "rb")
     if src.compression == ".zst":
+        return io.BufferedReader(_ZstdFrames(src.path), buffer_size=1 << 20)
+    return open(src.path, "rb")
+
+
+class _ZstdFrames(io.RawIOBase):
+    """A .zst file decompressed as a stream, frame after frame (as `zstd -d` reads concatenated frames), that raises
+    ZstdError when the data ends inside a frame: zstandard's own stream_reader then just ends early, and a
+    truncated download would pass for a shorter corpus."""
+
+    def __init__(self, path: str):
         import zstandard
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(src.path, "rb"), closefd=True))
-    return open(src.path, "rb")
+        self._zstd = zstandard
+        self._file = open(path, "rb")
+        self._dec = None
+        self._buf, self._pos = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while self._pos == len(self._buf):
+            chunk = self._file.read(1 << 20)
+            if not chunk:
+                if self._dec is not None and not self._dec.eof:
+                    raise self._zstd.ZstdError("the data ends inside a frame (truncated file)")
+                return 0
+            out = []
+            while chunk:
+                if self._dec is None or self._dec.eof:
+                    self._dec = self._zstd.ZstdDecompressor().decompressobj()
+                out.append(self._dec.decompress(chunk))
+                chunk = self._dec.unused_data if self._dec.eof else b""
+            self._buf, self._pos = b"".join(out), 0
+        n = min(len(b), len(self._buf) - self._pos)
+        b[:n] = self._buf[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def _decompression_errors() -> tuple[type[BaseException], ...]:
