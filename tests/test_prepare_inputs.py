@@ -223,7 +223,9 @@ def test_out_that_would_swallow_an_input_is_refused(tokenizer, tmp_path, where):
            "foreign_dir": foreign}[where]
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     with pytest.raises(DataError) as e:
-        prepare(tok, out, mono=[("kk", str(data / "kk.txt"))], overwrite=True, show_progress=False)
+        # a directory given as the input: --out inside it would be read as input by the next run
+        given = str(data) if where == "inside_input_folder" else str(data / "kk.txt")
+        prepare(tok, out, mono=[("kk", given)], overwrite=True, show_progress=False)
     assert f"--out {out}" in str(e.value)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     assert not (data / "shards").exists()
