@@ -154,3 +154,20 @@ def test_slurm_job_scripts_and_resume_without_slurm(corpus, runs, tokenizer, tmp
     run_index(logs / "merge", 0)
     assert _shard_set(out) == _shard_set(runs[(3, 1)])
     assert not stage.exists()
+
+
+def test_slurm_wrapper_passes_its_arguments_and_fails_cleanly_without_slurm(corpus, tokenizer, tmp_path):
+    script = ROOT / "launch" / "slurm_prepare.sh"
+    echoed = subprocess.run(["bash", str(script), "TOK", "OUT", "cpu", "16", "--mono", "bo=a/*.gz"], capture_output=True,
+                            text=True, env=dict(os.environ, PY="echo", MAX_RUNNING="8", TIME="2:00:00"), timeout=30)
+    assert echoed.stdout.split()[1:] == ["--executor", "slurm", "--tokenizer", "TOK", "--out", "OUT", "--partition",
+                                         "cpu", "--tasks", "16", "--time", "2:00:00", "--mem-per-cpu-gb", "2",
+                                         "--workers", "8", "--mono", "bo=a/*.gz"]
+    mono = [x for lang, f in corpus["mono"] for x in ("--mono", f"{lang}={f}")]
+    env = dict(os.environ, PY=sys.executable, PATH="/usr/bin:/bin")   # no sbatch on this PATH
+    done = subprocess.run(["bash", str(script), str(tokenizer.saved_dir), str(tmp_path / "out"), "cpu", "4", *mono],
+                          capture_output=True, text=True, env=env, timeout=300)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and errors == ["error: --executor slurm: sbatch not found; run this on a SLURM login "
+                                               "node"] and "Traceback" not in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []   # no stage, no logs left

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -263,6 +264,21 @@ def submit_slurm(tokenizer_dir: str | Path, out_dir: str | Path, *, inputs: tupl
     logs = Path(logs) if logs else out.with_name(f"{out.name}.prepare-logs")
     array, merge = prepare_exec.slurm(pipeline(plan.job), [MergeShardSet(plan)], tasks, stage / DATATROVE_DIR,
                                       logs, slurm)
-    merge.run()   # submits the array (its tasks not yet complete), then the merge job depending on it
+    logs_existed = logs.exists()
+    try:
+        try:
+            merge.run()   # submits the array (its tasks not yet complete), then the merge job depending on it
+        except FileNotFoundError as e:
+            if e.filename != "sbatch":
+                raise
+            raise DataError("--executor slurm: sbatch not found; run this on a SLURM login node") from None
+        except subprocess.CalledProcessError as e:
+            raise DataError(f"--executor slurm: sbatch failed with status {e.returncode}") from None
+    except (DataError, KeyboardInterrupt):
+        if not done:   # nothing of an earlier submission to keep
+            shutil.rmtree(stage, ignore_errors=True)
+        if not logs_existed:
+            shutil.rmtree(logs, ignore_errors=True)
+        raise
     return {"array_job": array.job_id, "merge_job": merge.job_id, "tasks_done_before": done, "stage": str(stage),
             "logs": str(logs), "launch_script": str(stage / DATATROVE_DIR / "launch_script.slurm")}
