@@ -8,8 +8,8 @@ The input is the given text (the demo's Tibetan by default: long lines, the slow
 to each size in MB. Each run is `launch/prepare_data.py --tasks T --workers W` in a subprocess, with the
 tokenizer single-threaded (TOKENIZERS_PARALLELISM=false) so that MB/s per core compares across layouts and
 machines. Peak memory is sampled every 100 ms: PSS summed over the whole process tree (the coordinator, its workers
-and datatrove's manager process) and the RSS of the largest single process. `--baseline-rev` also times the prepare of that git revision (one process,
-whole files in memory) on the same input, for the same machine and load. Rows go to
+and datatrove's manager process) and the RSS of the largest single process. `--baseline-rev` also times the
+prepare of that git revision (one process, whole files in memory) on the same input, for the same machine and load. Rows go to
 benchmarks/results/bench_prepare.csv with the git sha, versions, cores and the load average at the start of
 each run: on a shared machine, say so next to any figure quoted from here.
 """
@@ -135,8 +135,8 @@ def main(argv=None) -> int:
                                   "--mono", f"bo={data}", "--out", str(tmp / "out"), "--quiet", "--overwrite",
                                   "--tasks", str(t), "--workers", str(w)], w) for t, w in layouts]
             if baseline and args.format == "txt":
-                runs.append((f"baseline {args.baseline_rev}",
-                             [sys.executable, "-c", BASELINE, str(baseline), str(tok), str(tmp / "base"), str(data)], 1))
+                cmd = [sys.executable, "-c", BASELINE, str(baseline), str(tok), str(tmp / "base"), str(data)]
+                runs.append((f"baseline {args.baseline_rev}", cmd, 1))
             for name, cmd, workers in runs:
                 load = os.getloadavg()[0]
                 wall, tree_mb, proc_mb, status = measure(cmd, env)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from swcm.data.prepare import prepare
-from swcm.data.shards import DataError, load_index, read_shard
+from swcm.data.shards import DataError, read_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
@@ -156,8 +156,8 @@ def test_bad_new_input_is_one_error_naming_file_and_record(tokenizer, tmp_path, 
 
 def test_cli_error_line_for_a_corrupt_gz(tokenizer, tmp_path):
     path, expect = _bad(tmp_path, "corrupt_gz")
-    done = subprocess.run([sys.executable, str(ROOT / "launch/prepare_data.py"), "--tokenizer", str(tokenizer.saved_dir),
-                           "--mono", f"kk={path}", "--out", str(tmp_path / "out"), "--quiet", "--workers", "1"],
+    done = subprocess.run([sys.executable, str(ROOT / "launch/prepare_data.py"), "--tokenizer",
+                           str(tokenizer.saved_dir), "--mono", f"kk={path}", "--out", str(tmp_path / "out"), "--quiet", "--workers", "1"],
                           capture_output=True, text=True, timeout=300)
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr

@@ -158,8 +158,8 @@ def test_slurm_job_scripts_and_resume_without_slurm(corpus, runs, tokenizer, tmp
 
 def test_slurm_wrapper_passes_its_arguments_and_fails_cleanly_without_slurm(corpus, tokenizer, tmp_path):
     script = ROOT / "launch" / "slurm_prepare.sh"
-    echoed = subprocess.run(["bash", str(script), "TOK", "OUT", "cpu", "16", "--mono", "bo=a/*.gz"], capture_output=True,
-                            text=True, env=dict(os.environ, PY="echo", MAX_RUNNING="8", TIME="2:00:00"), timeout=30)
+    echoed = subprocess.run(["bash", str(script), "TOK", "OUT", "cpu", "16", "--mono", "bo=a/*.gz"],
+                            capture_output=True, text=True, env=dict(os.environ, PY="echo", MAX_RUNNING="8", TIME="2:00:00"), timeout=30)
     assert echoed.stdout.split()[1:] == ["--executor", "slurm", "--tokenizer", "TOK", "--out", "OUT", "--partition",
                                          "cpu", "--tasks", "16", "--time", "2:00:00", "--mem-per-cpu-gb", "2",
                                          "--workers", "8", "--mono", "bo=a/*.gz"]

@@ -10,6 +10,7 @@ that runs it (forkserver workers and SLURM jobs import this module afresh).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -99,8 +100,8 @@ def slurm(pipeline: list, merge_pipeline: list, tasks: int, logging_dir: Path, l
     common = {"partition": options["partition"], "time": options["time"], "venv_path": f"{sys.prefix}/bin/activate",
               "sbatch_args": options.get("sbatch_args") or {}, "qos": options.get("qos") or None}
     array = SlurmExecutor(pipeline, tasks=tasks, workers=options.get("workers") or -1,
-                          cpus_per_task=options.get("cpus_per_task", 1), mem_per_cpu_gb=options.get("mem_per_cpu_gb", 2),
-                          job_name=options.get("job_name", "swcm-prepare"), logging_dir=str(logging_dir),
+                          cpus_per_task=options.get("cpus_per_task", 1),
+                          mem_per_cpu_gb=options.get("mem_per_cpu_gb", 2), job_name=options.get("job_name", "swcm-prepare"), logging_dir=str(logging_dir),
                           slurm_logs_folder=str(logs / "slurm"), **common)
     merge = SlurmExecutor(merge_pipeline, tasks=1, cpus_per_task=1, mem_per_cpu_gb=options.get("mem_per_cpu_gb", 2),
                           job_name=f"{options.get('job_name', 'swcm-prepare')}-merge", logging_dir=str(logs / "merge"),
@@ -110,10 +111,8 @@ def slurm(pipeline: list, merge_pipeline: list, tasks: int, logging_dir: Path, l
 
 def ray(pipeline: list, tasks: int, workers: int, logging_dir: Path):
     """Tasks on a Ray cluster (`ray` is an optional dependency: DataError naming the package if it is missing)."""
-    try:
-        import ray as _ray  # noqa: F401
-    except ImportError:
-        raise DataError("--executor ray: the ray package is not installed (pip install 'ray[default]')") from None
+    if importlib.util.find_spec("ray") is None:
+        raise DataError("--executor ray: the ray package is not installed (pip install 'ray[default]')")
     from datatrove.executor.ray import RayPipelineExecutor
 
     return RayPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(logging_dir))

@@ -95,17 +95,16 @@ class ReadRecords(PipelineStep):
             # too would print its own traceback.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         for k, inp in enumerate(self.job.inputs):
-            base = 0
-
-            def owned(n: int, base_: int = 0) -> bool:
-                return (base_ + n - 1) % world_size == rank
-
             if inp.kind == "aligned":
                 yield from self._aligned(k, inp, rank, world_size)
                 continue
+            base = 0   # records of this input in the files before this one
             for src in sources.resolve(inp.paths[0]):
-                gen = (sources.text_records(src, self.job.text_field, lambda n, b=base: owned(n, b))
-                       if inp.kind == "mono" else sources.pair_records(src, lambda n, b=base: owned(n, b)))
+                def owned(line: int, base: int = base) -> bool:
+                    return (base + line - 1) % world_size == rank
+
+                gen = (sources.text_records(src, self.job.text_field, owned) if inp.kind == "mono"
+                       else sources.pair_records(src, owned))
                 count = yield from self._records(k, inp, src, base, gen)
                 yield _doc(k, 0, file=src.path, records=count)
                 base += count

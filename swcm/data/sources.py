@@ -218,8 +218,8 @@ def _field_error(src: Source, line: int, field: str, value: Any) -> DataError:
 
 def text_records(src: Source, field: str, owned) -> Generator[tuple[int, bytes | str | None, str | None], None, int]:
     """(line, text, skip reason) of each record of a monolingual source that `owned(line)` accepts, returning the
-    number of records; other records are only counted past (a text line is never decoded, a JSON line never parsed). Text lines come as
-    raw bytes for `text.clean_line`; JSONL / Parquet / datasets values as str. A JSONL line that is not a JSON
+    number of records; other records are only counted past (a text line is never decoded, a JSON line never
+    parsed). Text lines come as raw bytes for `text.clean_line`; JSONL / Parquet / datasets values as str. A JSONL line that is not a JSON
     object is a skip (`invalid_json`); a record without `field`, or with a value that is not a string, is a
     DataError naming the file and line."""
     if src.kind == "text":
@@ -279,8 +279,8 @@ def _json_record(raw: bytes) -> tuple[dict | None, str | None]:
 
 def pair_records(src: Source, owned) -> Generator[tuple[int, dict | None, str | None], None, int]:
     """(line, {"src", "tgt", "src_lang", "tgt_lang"}, skip reason) of each record of a parallel JSONL, Parquet or
-    datasets source that `owned(line)` accepts, returning the number of records. A JSONL line that is not an object with all four fields is a skip
-    (`invalid_json`, as a line that is not JSON); a field that is present but not a string is a DataError naming
+    datasets source that `owned(line)` accepts, returning the number of records. A JSONL line that is not an object
+    with all four fields is a skip (`invalid_json`, as a line that is not JSON); a field that is present but not a string is a DataError naming
     the file and line (it would otherwise be trained on as the text of that value)."""
     if src.kind == "text":
         raise DataError(f"{src.path}: parallel records must be JSONL or Parquet with fields "
