@@ -15,6 +15,8 @@ from swcm.data.stream import PretrainStream
 
 from test_data_stream import DEMO, same_batch
 
+pytestmark = pytest.mark.slow   # 2,000 shards written, then two epochs and a resume read through them
+
 PLAN_SECONDS_MAX = 20   # measured 0.4-1.5 s on the loaded 2-core test machine: 20 s catches a quadratic plan, not noise
 
 

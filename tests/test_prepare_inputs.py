@@ -154,6 +154,7 @@ def test_bad_new_input_is_one_error_naming_file_and_record(tokenizer, tmp_path, 
     assert not out.exists() and not list(tmp_path.glob(".out.*")), "debris beside --out"
 
 
+@pytest.mark.slow
 def test_cli_error_line_for_a_corrupt_gz(tokenizer, tmp_path):
     path, expect = _bad(tmp_path, "corrupt_gz")
     done = subprocess.run([sys.executable, str(ROOT / "launch/prepare_data.py"), "--tokenizer",

@@ -16,6 +16,8 @@ import pytest
 from swcm.data.prepare import inputs_from, prepare, submit_slurm
 from swcm.data.shards import load_index, read_shard
 
+pytestmark = pytest.mark.slow   # prepare runs over process pools, CLI subprocesses killed and re-run
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
 NTREX = DEMO / "parallel" / "ntrex128"
@@ -171,3 +173,19 @@ def test_slurm_wrapper_passes_its_arguments_and_fails_cleanly_without_slurm(corp
     assert done.returncode == 2 and errors == ["error: --executor slurm: sbatch not found; run this on a SLURM login "
                                                "node"] and "Traceback" not in done.stderr, done.stderr
     assert list(tmp_path.iterdir()) == []   # no stage, no logs left
+
+
+def test_a_stage_left_by_a_run_with_other_inputs_is_removed(tokenizer, tmp_path):
+    """A killed run's stage is resumed only by the same command; any other run removes it first."""
+    from swcm.data.shards import check_shards
+
+    kk = tmp_path / "kk.txt"
+    kk.write_text("Сәлем\nӘлем\n", encoding="utf-8")
+    stage = tmp_path / ".out.tmp-prepare"
+    (stage / ".datatrove" / "completions").mkdir(parents=True)
+    (stage / ".datatrove" / "completions" / "00000").write_text("")
+    (stage / "run.json").write_text('{"inputs": "another corpus"}')
+    (stage / "mono-kk-t00000-000000.tar").write_bytes(b"not ours to keep")
+    prepare(tokenizer.saved_dir, tmp_path / "out", mono=[("kk", str(kk))], show_progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kk.txt", "out"]
+    assert check_shards(tmp_path / "out", tokenizer, verify_hashes=True)["totals"]["all"]["samples"] == 2
