@@ -175,12 +175,22 @@ def raw_lines(src: Source) -> Generator[tuple[int, bytes], None, int]:
     return lineno
 
 
+def _optional(module: str, package: str, src: Source):
+    """An optional reader's module; DataError naming the input and the package to install when it is missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DataError(f"{src.path}: reading {src.kind} input needs the {package} package "
+                        f"(pip install {package})") from None
+
+
 def _columns(src: Source, fields: tuple[str, ...]) -> Generator[tuple[int, dict[str, Any]], None, int]:
     """(row number, {field: value}) of a Parquet file or a saved dataset, one Arrow batch in memory at a time;
     returns the number of rows."""
     if src.kind == "parquet":
-        import pyarrow.parquet as pq
-
+        pq = _optional("pyarrow.parquet", "pyarrow", src)
         try:
             pf = pq.ParquetFile(src.path)
         except Exception as e:   # pyarrow raises ArrowInvalid / OSError for a file that is not Parquet
@@ -188,8 +198,7 @@ def _columns(src: Source, fields: tuple[str, ...]) -> Generator[tuple[int, dict[
         names = pf.schema_arrow.names
         batches = (b.to_pydict() for b in pf.iter_batches(batch_size=BATCH_ROWS, columns=list(fields)))
     else:
-        import datasets
-
+        datasets = _optional("datasets", "datasets", src)
         try:
             ds = datasets.load_from_disk(src.path)
         except Exception as e:   # datasets raises FileNotFoundError / ValueError for a damaged directory
