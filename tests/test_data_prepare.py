@@ -251,7 +251,7 @@ def test_unusable_input_is_a_clear_error(tokenizer, demo_tokenizer_dir, tmp_path
     elif case == "not_empty_out":
         out.mkdir()
         (out / "old.tar").write_bytes(b"x")
-        expect = "not empty; pass --overwrite"
+        expect = "is not empty (pass --overwrite"
     elif case == "duplicate_input":
         kwargs, expect = {"mono": [("kk", str(kk)), ("kk", str(kk))]}, "given more than once"
     with pytest.raises(DataError) as e:
