@@ -135,8 +135,7 @@ def plan_run(tokenizer_dir: str | Path, out_dir: str | Path, inputs: tuple[Input
     langs = {lang for inp in inputs for lang in inp.langs} | _pair_langs(inputs, resolved)
     info = tokenizer_info(tokenizer, tokenizer_dir, langs)   # a missing language tag fails before any work
     job = Job(inputs=inputs, tokenizer_dir=str(tokenizer_dir), stage=str(stage_dir(out)), max_len=max_len,
-              samples_per_shard=samples_per_shard, text_field=text_field, fingerprint=info["fingerprint"],
-              coordinator_pid=os.getpid())
+              samples_per_shard=samples_per_shard, text_field=text_field, fingerprint=info["fingerprint"])
     identity = {"format_version": FORMAT_VERSION, "inputs": [[i.kind, list(i.paths), list(i.langs)] for i in inputs],
                 "files": _fingerprint_files(resolved), "tokenizer": info["fingerprint"], "max_len": max_len,
                 "samples_per_shard": samples_per_shard, "text_field": text_field, "tasks": tasks}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -54,12 +55,38 @@ def set_coordinator_logging(stderr_level: str) -> None:
     logger.add(sys.stderr, level=stderr_level, format=_stderr_format, filter=lambda r: r["exception"] is None)
 
 
+_forking_for_prepare = False   # True while a LocalExecutor runs: the at-fork hook below acts only then
+
+
+def _worker_signals() -> None:
+    """In a process forked to run tasks (a pool worker, datatrove's manager): Ctrl-C is the coordinator's to
+    handle (it ends the pool), and SIGTERM ends the process at once, as by default, instead of raising the
+    coordinator's `Interrupted` there (which would print a traceback per worker)."""
+    if _forking_for_prepare:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_worker_signals)
+
+
 class LocalExecutor(LocalPipelineExecutor):
-    """`LocalPipelineExecutor` with our logging (see the module docstring)."""
+    """`LocalPipelineExecutor` with our logging (see the module docstring), forking its workers: they start at
+    once, with the tokenizer's modules already imported, and fork-context semaphores are unlinked at creation,
+    so a pool ended by an error leaves none for `multiprocess`' exit-time clean-up to trip over (with
+    forkserver it printed `FileNotFoundError` tracebacks after the `error:` line)."""
 
     def __init__(self, *args, stderr_level: str = "WARNING", **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, start_method="fork", **kwargs)
         self.stderr_level = stderr_level
+
+    def run(self):
+        global _forking_for_prepare
+        _forking_for_prepare = True
+        try:
+            return super().run()
+        finally:
+            _forking_for_prepare = False
 
     def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
         _quiet_logging(self.stderr_level)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +59,6 @@ class Job:
     samples_per_shard: int
     text_field: str
     fingerprint: str        # the tokenizer's, as the coordinator saw it: a task that loads another one stops
-    coordinator_pid: int
 
     @property
     def budget(self) -> int:
@@ -90,10 +87,6 @@ class ReadRecords(PipelineStep):
         self.job = job
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        if os.getpid() != self.job.coordinator_pid:
-            # A worker process: Ctrl-C is the coordinator's to handle (it ends the pool); a worker that took it
-            # too would print its own traceback.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
         for k, inp in enumerate(self.job.inputs):
             if inp.kind == "aligned":
                 yield from self._aligned(k, inp, rank, world_size)
