@@ -239,7 +239,7 @@ def prepare(tokenizer_dir: str | Path, out_dir: str | Path, *, mono: list[tuple[
         if executor == "ray":
             runner = prepare_exec.ray(pipeline(plan.job), tasks, workers, stage / DATATROVE_DIR)
         else:
-            runner = prepare_exec.local(pipeline(plan.job), tasks, workers, stage / DATATROVE_DIR, level)
+            runner = prepare_exec.local(pipeline(plan.job), tasks, workers, stage / DATATROVE_DIR)
         todo = runner.get_incomplete_ranks()
         log.info("running %d of %d tasks (ranks %s) over %d %s", len(todo), tasks, ",".join(map(str, todo)) or "none",
                  workers, "Ray workers" if executor == "ray" else "processes")

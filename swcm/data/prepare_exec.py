@@ -3,13 +3,14 @@ depends on them), or Ray when it is installed.
 
 datatrove's task logger prints every failure with its traceback on stderr and re-adds a DEBUG-level stderr logger
 after each task; our entry point's promise is one `error:` line. So each task logs to its file in the logging
-directory at DEBUG, as datatrove does, and to stderr only at `stderr_level`, never with a traceback (the file
-keeps it). The two datatrove functions that set this up are replaced at the start of each task, in the process
-that runs it (forkserver workers and SLURM jobs import this module afresh).
+directory at DEBUG, as datatrove does, and to stderr only at the level `set_coordinator_logging` chose, never with
+a traceback (the file keeps it). The two datatrove functions that set this up are replaced when this module is
+imported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 import datatrove.executor.base as dt_base
+import psutil
 from datatrove.executor.local import LocalPipelineExecutor
 from datatrove.executor.slurm import SlurmPipelineExecutor
 from datatrove.utils.logging import logger
@@ -28,29 +30,36 @@ def _stderr_format(record) -> str:
     return "{time:HH:mm:ss} {level} datatrove task: {message}\n"   # no {exception}: the task's log file has it
 
 
-def _quiet_logging(stderr_level: str) -> None:
-    """Route datatrove's logging as the module docstring says, for the tasks run by this process from now on."""
+_stderr_level = "WARNING"   # what tasks print on stderr; set by the coordinator, inherited by forked workers
 
-    def add_task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -1):
-        logger.remove()
-        logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
-        logger.add(logfile, level="DEBUG", format="{time} | {level: <8} | {name}:{function}:{line} - {message}")
-        logger.add(sys.stderr, level=stderr_level if local_rank == 0 else "ERROR", format=_stderr_format,
-                   filter=lambda r: r["exception"] is None)
-        logger.info(f"task {rank} starts")
-        return logfile
 
-    def close_task_logger(logfile) -> None:
-        logger.complete()
-        set_coordinator_logging(stderr_level)
-        logfile.close()
+def _add_task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -1):
+    logger.remove()
+    logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
+    logger.add(logfile, level="DEBUG", format="{time} | {level: <8} | {name}:{function}:{line} - {message}")
+    logger.add(sys.stderr, level=_stderr_level if local_rank == 0 else "ERROR", format=_stderr_format,
+               filter=lambda r: r["exception"] is None)
+    logger.info(f"task {rank} starts")
+    return logfile
 
-    dt_base.add_task_logger = add_task_logger
-    dt_base.close_task_logger = close_task_logger
+
+def _close_task_logger(logfile) -> None:
+    logger.complete()
+    set_coordinator_logging(_stderr_level)
+    logfile.close()
+
+
+# Replaced when this module is imported: in the coordinator (and so in the workers it forks), and in a SLURM task,
+# which imports it to unpickle its executor.
+dt_base.add_task_logger = _add_task_logger
+dt_base.close_task_logger = _close_task_logger
 
 
 def set_coordinator_logging(stderr_level: str) -> None:
-    """datatrove's messages outside tasks (tasks skipped, completed): on stderr at `stderr_level`, no tracebacks."""
+    """datatrove's messages outside tasks (tasks skipped, completed) and, from now on, the tasks' own: on stderr at
+    `stderr_level`, no tracebacks."""
+    global _stderr_level
+    _stderr_level = stderr_level
     logger.remove()
     logger.add(sys.stderr, level=stderr_level, format=_stderr_format, filter=lambda r: r["exception"] is None)
 
@@ -76,33 +85,45 @@ class LocalExecutor(LocalPipelineExecutor):
     so a pool ended by an error leaves none for `multiprocess`' exit-time clean-up to trip over (with
     forkserver it printed `FileNotFoundError` tracebacks after the `error:` line)."""
 
-    def __init__(self, *args, stderr_level: str = "WARNING", **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, start_method="fork", **kwargs)
-        self.stderr_level = stderr_level
 
     def run(self):
         global _forking_for_prepare
         _forking_for_prepare = True
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
         try:
             return super().run()
+        except BaseException:
+            _end_children(before)
+            raise
         finally:
             _forking_for_prepare = False
 
-    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
-        _quiet_logging(self.stderr_level)
-        return super()._run_for_rank(rank, local_rank, node_rank)
+
+CHILDREN_GRACE_S = 5   # SIGTERM ends our forked children at once (see _worker_signals); this only bounds a stuck one
+
+
+def _end_children(before: set[int]) -> None:
+    """End the processes this run forked (pool workers, datatrove's manager: children not in `before`) when it
+    fails or is interrupted at any point, also while the pool or the manager is still starting: a child left
+    behind would keep running and hold the parent's stdout and stderr open."""
+    children = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    for p in children:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(children, timeout=CHILDREN_GRACE_S)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 class SlurmExecutor(SlurmPipelineExecutor):
-    """`SlurmPipelineExecutor` with our logging, and a task environment that does not call `scontrol` (each of our
-    tasks runs on one node, so the node list is this node)."""
-
-    def __init__(self, *args, stderr_level: str = "INFO", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.stderr_level = stderr_level
+    """`SlurmPipelineExecutor` whose tasks log at INFO (SLURM's log file per array index is where a user looks),
+    with a task environment that does not call `scontrol` (each of our tasks runs on one node: this one)."""
 
     def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
-        _quiet_logging(self.stderr_level)
+        set_coordinator_logging("INFO")
         return super()._run_for_rank(rank, local_rank, node_rank)
 
     def get_distributed_env(self, node_rank: int = -1):
@@ -112,10 +133,9 @@ class SlurmExecutor(SlurmPipelineExecutor):
             datatrove_gpus_on_node="0", datatrove_executor="SLURM")
 
 
-def local(pipeline: list, tasks: int, workers: int, logging_dir: Path, stderr_level: str) -> LocalExecutor:
+def local(pipeline: list, tasks: int, workers: int, logging_dir: Path) -> LocalExecutor:
     """Tasks over `workers` processes on this machine (in this process when `workers` is 1)."""
-    return LocalExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(logging_dir),
-                         stderr_level=stderr_level)
+    return LocalExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(logging_dir))
 
 
 def slurm(pipeline: list, merge_pipeline: list, tasks: int, logging_dir: Path, logs: Path, options: dict
