@@ -15,6 +15,9 @@ setup(
         "transformers>=5.23,<6",   # 5.23.0 (make test-transformers-floor) to 5.25.0 (constraints.txt)
         "deepspeed>=0.16",
         "webdataset>=0.2.86",
+        "datatrove>=0.10.1,<0.11",   # prepare_data.py's pipeline (swcm/data/prepare_*.py)
+        "pyarrow>=26",   # Parquet inputs
+        "zstandard>=0.25",   # .zst inputs
         "sentencepiece>=0.2",
         "protobuf>=4",   # sentencepiece's ModelProto, to rewrite a trimmed vocabulary
         "safetensors>=0.4",
@@ -29,6 +32,8 @@ setup(
     entry_points={"console_scripts": ["swcm-launch=swcm.launcher:main"]},
     extras_require={
         "triton": ["triton>=3.0"],
-        "dev": ["pytest>=8", "pytest-timeout>=2", "triton>=3.0", "py-spy>=0.3"],   # py-spy: bench_peer --profile
+        "datasets": ["datasets>=5.2"],   # saved `datasets` directories as prepare_data inputs
+        "ray": ["ray[default]"],   # prepare_data.py --executor ray
+        "dev": ["pytest>=8", "pytest-timeout>=2", "triton>=3.0", "py-spy>=0.3", "datasets>=5.2"],   # py-spy: bench_peer --profile
     },
 )

@@ -15,8 +15,9 @@ from swcm.output_guard import os_error_line
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class Interrupted(BaseException):
-    """SIGTERM or SIGINT arrived. A BaseException, so that `except Exception` clean-up code does not swallow it."""
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT arrived. A KeyboardInterrupt, so that `except Exception` code does not swallow it and
+    clean-up written for Ctrl-C runs for a scheduler's SIGTERM too."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)

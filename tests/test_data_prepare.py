@@ -16,7 +16,7 @@ import pytest
 
 from swcm.data import text as T
 from swcm.data.prepare import prepare
-from swcm.data.shards import DataError, load_index, load_lengths, read_shard, sha256_file
+from swcm.data.shards import DataError, load_index, load_lengths, read_shard, sample_source, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
@@ -77,7 +77,7 @@ def test_long_documents_are_split_at_sentence_ends(tokenizer, tmp_path):
     samples = [s for name in sorted(index["shards"]) for s in read_shard(str(out / name))]
     by_line = defaultdict(list)
     for s in samples:
-        file, line, piece = s["meta"]["id"].rsplit(":", 2)
+        _, line, piece = s["meta"]["id"].split(":")
         by_line[int(line)].append((int(piece), s["ids"]))
     for line, text in ((1, "".join(sentences)), (2, "没有句号的一行" * 40)):
         pieces = [ids for _, ids in sorted(by_line[line])]
@@ -116,13 +116,14 @@ def roundtrip(shard_dir, tokenizer, max_lines=None):
     for name in sorted(index["shards"]):
         for s in read_shard(str(shard_dir / name)):
             m = s["meta"]
-            head, line, *piece = s["meta"]["id"].split(":")
+            _, _, *piece = m["id"].split(":")
+            where = sample_source(index, m["id"])
             if "ids" in s:
-                docs[(m["lang"], head, int(line))][int(piece[0]) if piece else 0] = s["ids"]
+                docs[(m["lang"], *where[0])][int(piece[0]) if piece else 0] = s["ids"]
             else:
-                src_file, tgt_file = head.split("+")
-                docs[(m["src_lang"], src_file, int(line))][0] = s["src"]
-                docs[(m["tgt_lang"], tgt_file, int(line))][0] = s["tgt"]
+                (src_file, line), (tgt_file, _) = where
+                docs[(m["src_lang"], src_file, line)][0] = s["src"]
+                docs[(m["tgt_lang"], tgt_file, line)][0] = s["tgt"]
     lines = {}
     stats = defaultdict(lambda: {"chars": 0, "normalised": 0, "nfc": 0, "unk": 0, "unk_chars": 0,
                                  "exact_lines_without_unk": 0, "lines_without_unk": 0})
@@ -250,7 +251,7 @@ def test_unusable_input_is_a_clear_error(tokenizer, demo_tokenizer_dir, tmp_path
     elif case == "not_empty_out":
         out.mkdir()
         (out / "old.tar").write_bytes(b"x")
-        expect = "not empty; pass --overwrite"
+        expect = "is not empty (pass --overwrite"
     elif case == "duplicate_input":
         kwargs, expect = {"mono": [("kk", str(kk)), ("kk", str(kk))]}, "given more than once"
     with pytest.raises(DataError) as e:

@@ -149,7 +149,7 @@ def test_fewer_shards_than_slots_splits_shards_and_still_covers(tokenizer, tmp_p
             counts.append(len(batches))
             seen += [i for b in batches for i in b["sample_id"] if not b["is_padding"]]
     assert "splitting shards" in caplog.text
-    assert len(set(counts)) == 1 and sorted(seen) == sorted(f"{text}:{i}" for i in range(1, 31))
+    assert len(set(counts)) == 1 and sorted(seen) == sorted(f"0:{i}" for i in range(1, 31))   # input 0, records 1-30
 
 
 # -- determinism and resume -------------------------------------------------------------------------------------

@@ -307,8 +307,10 @@ def test_failed_first_run_leaves_no_out(tokenizer, texts, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-def test_interrupted_overwrite_keeps_the_previous_set(tokenizer, good_set, tmp_path):
-    """Ctrl-C while the new set is being written (its temporary directory exists)."""
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_overwrite_keeps_the_previous_set(tokenizer, good_set, tmp_path, signum, status):
+    """Ctrl-C or a scheduler's SIGTERM to the whole process group (the coordinator and its worker processes) while
+    the new set is being written (its temporary directory exists)."""
     before, siblings = _snapshot(good_set), sorted(good_set.parent.iterdir())
     big = tmp_path / "bo.txt"   # the demo's Tibetan 6 times (11 MB): seconds of tokenising, on a fast machine too
     big.write_bytes((DEMO / "mono" / "bo.txt").read_bytes() * 6)
@@ -316,16 +318,19 @@ def test_interrupted_overwrite_keeps_the_previous_set(tokenizer, good_set, tmp_p
     # background can inherit it ignored, which Python keeps).
     proc = subprocess.Popen([str(c) for c in _prepare_cmd(tokenizer, good_set, "--mono", f"bo={big}")], cwd=ROOT,
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=lambda: (signal.signal(signal.SIGINT, signal.SIG_DFL), os.setpgrp()))
     deadline = time.monotonic() + 60
     while not list(good_set.parent.glob(".good.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, "prepare_data.py finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
+    time.sleep(1)   # into the tasks' work: the worker processes have started
+    group = _group(proc.pid)
+    os.killpg(proc.pid, signum)
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130 and "Traceback" not in err and "error: interrupted" in err, err
+    assert proc.returncode == status and "Traceback" not in err and "error: interrupted" in err, err
     assert _snapshot(good_set) == before
     assert sorted(good_set.parent.iterdir()) == siblings
+    assert not _wait_gone(group), "processes of the interrupted run left behind"
 
 
 def test_overwrite_replaces_the_set_without_debris(tokenizer, texts, good_set):
@@ -342,7 +347,7 @@ def test_prepare_argument_errors_write_nothing(tokenizer, texts, tmp_path, case)
     tok = tokenizer.saved_dir
     if case == "out_is_a_file":
         out.write_text("mine")
-        expect = [f"--out {out}", "expected a directory"]
+        expect = [f"--out {out}", "is not a directory"]
     else:
         tok = tmp_path / "no_tokenizer"
         expect = [f"--tokenizer {tok}", "not found"]

@@ -1,350 +1,38 @@
-"""Raw text -> tokenised webdataset shards + lengths.npz + index.json (the work behind launch/prepare_data.py).
+"""Raw text -> tokenised webdataset shards + lengths.npz + index.json (the work behind launch/prepare_data.py), as
+a datatrove pipeline.
 
-Inputs: monolingual files (one document per line, one language per file), aligned parallel files (line i of
-one is the translation of line i of the other) and parallel JSONL ({"src", "tgt", "src_lang", "tgt_lang"} per
-line). Every line is decoded, NFC-normalised, checked and tokenised with the model's tokenizer (no special
-tokens); a monolingual document longer than `max_len - 3` tokens (room for `<s> <lang> ... </s>`) is split into
-pieces at sentence ends, or into token windows inside a sentence longer than that. Skipped lines are counted
-per file and reason; an input that yields nothing is an error.
+Inputs: monolingual text per language, aligned parallel files (line i of one is the translation of line i of the
+other) and parallel records ({"src", "tgt", "src_lang", "tgt_lang"}); each PATH a file, a glob, a directory or a
+saved `datasets` dataset, in plain text, JSONL or Parquet, compressed or not (`sources`). The work is split into
+datatrove tasks (`prepare_steps`: read, clean, tokenise, split, write shards), run by a local executor over worker
+processes or as a SLURM job array, and merged into one shard set (`prepare_merge`). Memory holds one batch of
+records and one open shard per stream, never an input.
 
-The shard set is built in a temporary directory beside the output and moved into place only when complete, so
-a failed run (any error, Ctrl-C) leaves a previous shard set as it was and no partial one.
+The set is built in `.<out>.tmp-prepare` beside `--out` and moved into place only when complete. An error in the
+input or an interrupt (SIGINT, SIGTERM) removes it and leaves `--out` as it was; a run that was killed outright
+(SIGKILL, a lost node) leaves it, and the same command run again redoes only the tasks that had not completed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
-import hashlib
-import io
+import fcntl
 import json
 import logging
 import os
-import secrets
 import shutil
-import tarfile
-from dataclasses import dataclass, field
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-import webdataset as wds
-
-from swcm.atomic_write import write_bytes_atomic
-from swcm.data import text as T
-from swcm.data.shards import FORMAT, FORMAT_VERSION, INDEX_NAME, LENGTHS_NAME, DataError, sha256_file
+from swcm.data import prepare_exec, sources
+from swcm.data.prepare_merge import (DATATROVE_DIR, RUN_FILE, MergeShardSet, Plan, merge_and_swap,
+                                     recover_swap, stage_dir)
+from swcm.data.prepare_steps import SPECIAL_TOKENS_PER_SAMPLE, Input, Job, ReadRecords, Tokenise, WriteShards
+from swcm.data.shards import FORMAT_VERSION, DataError
+from swcm.output_guard import OutputError, check_output_dir
 
 log = logging.getLogger(__name__)
-
-SPECIAL_TOKENS_PER_SAMPLE = 3   # <s> <lang> ... </s> on the encoder side (the decoder side needs 3 as well)
-TOKENIZE_CHUNK = 1024           # lines per batch-tokenizer call: big enough to amortise the Rust call
-
-
-@dataclass
-class InputReport:
-    """What became of one input (a mono file, a parallel file pair or a JSONL file)."""
-    files: list[str]
-    stream: str
-    lines: int = 0
-    used_lines: int = 0
-    samples: int = 0
-    split_lines: int = 0
-    skipped: dict[str, dict[str, int]] = field(default_factory=dict)   # file -> reason -> count
-
-    def skip(self, file: str, reason: str) -> None:
-        per_file = self.skipped.setdefault(file, {})
-        per_file[reason] = per_file.get(reason, 0) + 1
-
-    def to_dict(self) -> dict:
-        return {"files": self.files, "stream": self.stream, "lines": self.lines, "used_lines": self.used_lines,
-                "samples": self.samples, "split_lines": self.split_lines, "skipped": self.skipped}
-
-
-class StreamShardWriter:
-    """Writes the samples of one stream into tar shards of at most `samples_per_shard` samples, each written
-    under a temporary name and renamed when complete; records per-shard counts, sha256 and lengths."""
-
-    def __init__(self, out_dir: Path, stream: str, samples_per_shard: int):
-        self.out_dir, self.stream, self.samples_per_shard = out_dir, stream, samples_per_shard
-        self.prefix = stream.replace("/", "-")
-        self.shards: dict[str, dict] = {}
-        self.lengths: dict[str, np.ndarray] = {}
-        self._writer = None
-        self._name = None
-        self._count = 0
-        self._tokens = 0
-        self._lens: list = []
-
-    def _open(self) -> None:
-        self._name = f"{self.prefix}-{len(self.shards):06d}.tar"
-        self._tmp = self.out_dir / f".{self._name}.tmp"
-        # A fixed integer mtime in plain ustar: no per-member PAX header (half the headers a reader parses) and
-        # byte-identical shards, hence the same sha256, from the same input.
-        self._writer = wds.TarWriter(str(self._tmp), mtime=0, format=tarfile.USTAR_FORMAT)
-        self._count, self._tokens, self._lens = 0, 0, []
-
-    def write(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
-        """Append one sample: `meta` (JSON) and token arrays by field name (`ids` or `src` + `tgt`)."""
-        if self._writer is None:
-            self._open()
-        sample = {"__key__": f"{self._count:08d}", "meta.json": json.dumps(meta, ensure_ascii=False).encode()}
-        for key, ids in arrays.items():
-            sample[f"{key}.i32"] = np.asarray(ids, dtype="<i4").tobytes()
-        self._writer.write(sample)
-        lens = [len(a) for a in arrays.values()]
-        self._lens.append(lens[0] if len(lens) == 1 else lens)
-        self._tokens += sum(lens)
-        self._count += 1
-        if self._count == self.samples_per_shard:
-            self.close()
-
-    def close(self) -> None:
-        """Finish the open shard (if any): close the tar, hash it, rename it to its final name."""
-        if self._writer is None:
-            return
-        self._writer.close()
-        final = self.out_dir / self._name
-        self._tmp.replace(final)
-        self.shards[self._name] = {"stream": self.stream, "samples": self._count, "tokens": self._tokens,
-                                   "bytes": final.stat().st_size, "sha256": sha256_file(final)}
-        self.lengths[self._name] = np.asarray(self._lens, dtype=np.int32)
-        self._writer = None
-
-
-def _raw_lines(path: Path) -> list[bytes]:
-    """The raw lines of a file (a final newline does not start an extra line); DataError if it is empty."""
-    try:
-        blob = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read input ({e})") from None
-    if not blob.strip():
-        raise DataError(f"{path}: input file is empty")
-    lines = blob.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
-    return lines
-
-
-JSONL_FIELDS = ("src", "tgt", "src_lang", "tgt_lang")
-
-
-@dataclass
-class JsonlInput:
-    """A parsed parallel JSONL file: (line, (src, reason), (tgt, reason)) per (src_lang, tgt_lang), skip counts."""
-    path: Path
-    nbytes: int
-    by_pair: dict[tuple[str, str], list]
-    bad: dict[str, int]
-
-
-def read_jsonl(path: Path) -> JsonlInput:
-    """Parse a parallel JSONL file of {"src", "tgt", "src_lang", "tgt_lang"} records.
-
-    A line that is not UTF-8, not a JSON object or lacks a field is skipped and counted (`invalid_utf8`,
-    `empty`, `invalid_json`); a field that is present but not a string (a number, a list, null) is a DataError
-    naming the file and line -- it would otherwise be trained on as the text of that value. DataError too if
-    the file is empty or has no usable record.
-    """
-    raw = _raw_lines(path)
-    by_pair: dict[tuple[str, str], list] = {}
-    bad: dict[str, int] = {}
-    for i, line in enumerate(raw, start=1):
-        try:
-            rec = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            reason = T.INVALID_UTF8
-        except json.JSONDecodeError:
-            reason = T.EMPTY if not line.strip() else T.INVALID_JSON
-        else:
-            reason = None if isinstance(rec, dict) and all(k in rec for k in JSONL_FIELDS) else T.INVALID_JSON
-        if reason:
-            bad[reason] = bad.get(reason, 0) + 1
-            continue
-        for k in JSONL_FIELDS:
-            if not isinstance(rec[k], str):
-                raise DataError(f"{path}:{i}: field {k!r} is {json.dumps(rec[k], ensure_ascii=False)[:40]}, "
-                                f"expected a string")
-        by_pair.setdefault((rec["src_lang"], rec["tgt_lang"]), []).append(
-            (i, T.clean_text(rec["src"]), T.clean_text(rec["tgt"])))
-    if not by_pair:
-        raise DataError(f"{path}: no usable JSONL record with src, tgt, src_lang, tgt_lang ({bad or 'none'})")
-    return JsonlInput(path, sum(len(x) + 1 for x in raw), by_pair, bad)
-
-
-class Preparer:
-    """Tokenises inputs and writes one stream of shards per language (mono) or language pair (parallel)."""
-
-    def __init__(self, tokenizer, out_dir: Path, max_len: int, samples_per_shard: int, progress=None):
-        if max_len <= SPECIAL_TOKENS_PER_SAMPLE:
-            raise DataError(f"--max-len {max_len}: must exceed the {SPECIAL_TOKENS_PER_SAMPLE} special tokens")
-        self.tok, self.out_dir = tokenizer, out_dir
-        self.budget = max_len - SPECIAL_TOKENS_PER_SAMPLE
-        self.samples_per_shard = samples_per_shard
-        self.writers: dict[str, StreamShardWriter] = {}
-        self.reports: list[InputReport] = []
-        self.progress = progress
-        # Text that tokenises to a special id (a literal "<mask>" or "<s>") would smuggle control tokens into
-        # the model's input; <unk> is the one special that stands for real text.
-        self.forbidden = np.array(sorted(set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}))
-
-    def _writer(self, stream: str) -> StreamShardWriter:
-        if stream not in self.writers:
-            self.writers[stream] = StreamShardWriter(self.out_dir, stream, self.samples_per_shard)
-        return self.writers[stream]
-
-    def _encode(self, texts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
-        enc = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True)
-        return enc["input_ids"], enc["offset_mapping"]
-
-    def _content_problem(self, ids: list[int]) -> str | None:
-        if not ids:
-            return T.EMPTY
-        if np.isin(np.asarray(ids), self.forbidden).any():
-            return T.SPECIAL_TOKEN_TEXT
-        return None
-
-    def _advance(self, nbytes: int) -> None:
-        if self.progress is not None:
-            self.progress.update(nbytes)
-
-    def add_mono(self, lang: str, path: Path) -> InputReport:
-        """Tokenise a monolingual file into stream `mono/<lang>`; pieces get ids `file:line[:piece]`."""
-        stream = f"mono/{lang}"
-        report = InputReport([str(path)], stream)
-        writer = self._writer(stream)
-        raw = _raw_lines(path)
-        report.lines = len(raw)
-        for start in range(0, len(raw), TOKENIZE_CHUNK):
-            chunk = raw[start:start + TOKENIZE_CHUNK]
-            good: list[tuple[int, str]] = []
-            for i, line in enumerate(chunk, start=start + 1):
-                text, reason = T.clean_line(line)
-                if reason:
-                    report.skip(str(path), reason)
-                else:
-                    good.append((i, text))
-            ids_list, offsets_list = self._encode([t for _, t in good]) if good else ([], [])
-            for (lineno, text), ids, offsets in zip(good, ids_list, offsets_list):
-                problem = self._content_problem(ids)
-                if problem:
-                    report.skip(str(path), problem)
-                    continue
-                pieces = T.split_into_pieces(len(ids), T.sentence_cut_points(text, offsets), self.budget)
-                report.used_lines += 1
-                report.split_lines += len(pieces) > 1
-                for k, (a, b) in enumerate(pieces):
-                    sid = f"{path}:{lineno}" + (f":{k}" if len(pieces) > 1 else "")
-                    writer.write({"id": sid, "task": "mono", "lang": lang}, {"ids": ids[a:b]})
-                    report.samples += 1
-            self._advance(sum(len(x) + 1 for x in chunk))
-        return self._finish(report)
-
-    def add_parallel(self, src_lang: str, tgt_lang: str, src_path: Path, tgt_path: Path) -> InputReport:
-        """Tokenise aligned files into stream `parallel/<src>-<tgt>`; ids are `srcfile+tgtfile:line`. A pair with a side
-        that is bad or longer than max_len - 3 tokens is skipped and counted (pairs are never split)."""
-        stream = f"parallel/{src_lang}-{tgt_lang}"
-        report = InputReport([str(src_path), str(tgt_path)], stream)
-        src_raw, tgt_raw = _raw_lines(src_path), _raw_lines(tgt_path)
-        if len(src_raw) != len(tgt_raw):
-            raise DataError(f"misaligned parallel files: {src_path} has {len(src_raw)} lines, {tgt_path} has "
-                            f"{len(tgt_raw)} lines (line i of one must translate line i of the other)")
-        report.lines = len(src_raw)
-        pairs = []
-        for i, (s, t) in enumerate(zip(src_raw, tgt_raw), start=1):
-            pairs.append((i, T.clean_line(s), T.clean_line(t)))
-        self._write_pairs(report, stream, pairs, str(src_path), str(tgt_path), id_file=f"{src_path}+{tgt_path}")
-        self._advance(sum(len(x) + 1 for x in src_raw) + sum(len(x) + 1 for x in tgt_raw))
-        return self._finish(report)
-
-    def add_parallel_jsonl(self, jsonl: JsonlInput) -> list[InputReport]:
-        """Tokenise a parsed JSONL file (`read_jsonl`) into one stream per language pair; ids are `file:line`."""
-        reports = []
-        for (sl, tl), pairs in sorted(jsonl.by_pair.items()):
-            stream = f"parallel/{sl}-{tl}"
-            report = InputReport([str(jsonl.path)], stream, lines=len(pairs))
-            if not reports:   # file-level problems are reported once, with the first pair's stream
-                report.lines += sum(jsonl.bad.values())
-                report.skipped[str(jsonl.path)] = dict(jsonl.bad)
-            self._write_pairs(report, stream, pairs, str(jsonl.path), str(jsonl.path), id_file=str(jsonl.path))
-            reports.append(self._finish(report))
-        self._advance(jsonl.nbytes)
-        return reports
-
-    def _write_pairs(self, report: InputReport, stream: str, pairs: list, src_file: str, tgt_file: str,
-                     id_file: str) -> None:
-        src_lang, tgt_lang = stream.split("/", 1)[1].split("-", 1)
-        writer = self._writer(stream)
-        for start in range(0, len(pairs), TOKENIZE_CHUNK):
-            good = []
-            for lineno, (s, s_reason), (t, t_reason) in pairs[start:start + TOKENIZE_CHUNK]:
-                if s_reason:
-                    report.skip(src_file, s_reason)
-                if t_reason:
-                    report.skip(tgt_file, t_reason)
-                if not (s_reason or t_reason):
-                    good.append((lineno, s, t))
-            if not good:
-                continue
-            src_ids, _ = self._encode([g[1] for g in good])
-            tgt_ids, _ = self._encode([g[2] for g in good])
-            for (lineno, _, _), s_ids, t_ids in zip(good, src_ids, tgt_ids):
-                problems = [(f, p) for f, p in ((src_file, self._content_problem(s_ids)),
-                                                (tgt_file, self._content_problem(t_ids))) if p]
-                for f, ids in ((src_file, s_ids), (tgt_file, t_ids)):
-                    if len(ids) > self.budget:
-                        problems.append((f, T.TOO_LONG_PAIR))
-                if problems:
-                    for f, p in problems:
-                        report.skip(f, p)
-                    continue
-                writer.write({"id": f"{id_file}:{lineno}", "task": "parallel", "src_lang": src_lang,
-                              "tgt_lang": tgt_lang}, {"src": s_ids, "tgt": t_ids})
-                report.used_lines += 1
-                report.samples += 1
-
-    def _finish(self, report: InputReport) -> InputReport:
-        skipped = sum(n for per_file in report.skipped.values() for n in per_file.values())
-        if report.samples == 0:
-            raise DataError(f"{', '.join(report.files)}: no usable text ({report.lines} lines; skipped: "
-                            f"{report.skipped or 'none'})")
-        log.info("%s -> %s: %d lines, %d samples (%d lines split), %d skipped %s", " + ".join(report.files),
-                 report.stream, report.lines, report.samples, report.split_lines, skipped, report.skipped or "")
-        self.reports.append(report)
-        return report
-
-    def finish(self, tokenizer_info: dict, args: list[str] | None, max_len: int) -> dict:
-        """Close all shards, write lengths.npz and then, last and atomically, index.json; return the index."""
-        shards: dict[str, dict] = {}
-        lengths: dict[str, np.ndarray] = {}
-        streams: dict[str, dict] = {}
-        for stream, writer in sorted(self.writers.items()):
-            writer.close()
-            if not writer.shards:
-                continue
-            task, langs = stream.split("/", 1)
-            streams[stream] = {"task": task, "langs": langs.split("-"), "shards": sorted(writer.shards),
-                               "samples": sum(s["samples"] for s in writer.shards.values()),
-                               "tokens": sum(s["tokens"] for s in writer.shards.values())}
-            shards.update(writer.shards)
-            lengths.update(writer.lengths)
-        buf = io.BytesIO()
-        np.savez(buf, **{Path(name).stem: arr for name, arr in lengths.items()})
-        write_bytes_atomic(self.out_dir / LENGTHS_NAME, buf.getvalue())
-        totals: dict[str, dict] = {"mono": {}, "parallel": {}}
-        for stream, info in streams.items():
-            totals[info["task"]]["-".join(info["langs"])] = {"samples": info["samples"], "tokens": info["tokens"]}
-        totals["all"] = {"samples": sum(s["samples"] for s in streams.values()),
-                         "tokens": sum(s["tokens"] for s in streams.values())}
-        index = {
-            "format": FORMAT, "version": FORMAT_VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "tokenizer": tokenizer_info, "max_len": max_len, "samples_per_shard": self.samples_per_shard,
-            "lengths": {"file": LENGTHS_NAME, "sha256": hashlib.sha256(buf.getvalue()).hexdigest()},
-            "streams": streams, "shards": shards, "totals": totals,
-            "inputs": [r.to_dict() for r in self.reports], "args": args or [],
-        }
-        write_bytes_atomic(self.out_dir / INDEX_NAME, json.dumps(index, indent=1, ensure_ascii=False).encode())
-        return index
 
 
 def tokenizer_info(tokenizer, tokenizer_dir: str | Path, langs: set[str]) -> dict:
@@ -363,18 +51,6 @@ def tokenizer_info(tokenizer, tokenizer_dir: str | Path, langs: set[str]) -> dic
                             "mask": tokenizer.mask_token_id}}
 
 
-def _input_size(path: Path) -> int:
-    """The size of an input file; DataError if it is missing, or a regular file that is empty (a pipe such as
-    `<(zcat x.gz)` has no size to check before it is read)."""
-    try:
-        st = path.stat()
-    except OSError:
-        raise DataError(f"{path}: input file not found") from None
-    if path.is_file() and st.st_size == 0:
-        raise DataError(f"{path}: input file is empty")
-    return st.st_size
-
-
 def _load_tokenizer(tokenizer_dir: str | Path):
     """The tokenizer in `tokenizer_dir`; DataError if the directory is missing or holds no tokenizer."""
     from swcm.tokenization import load_tokenizer
@@ -387,93 +63,221 @@ def _load_tokenizer(tokenizer_dir: str | Path):
         raise DataError(f"--tokenizer {tokenizer_dir}: cannot load a tokenizer from it ({e})") from None
 
 
-def _check_out(out_dir: Path, overwrite: bool) -> None:
-    """DataError unless `out_dir` can receive a shard set: absent, an empty directory, or (with `overwrite`)
-    a non-empty one."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"--out {out_dir}: is a file, expected a directory for the shard set")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise DataError(f"{out_dir}: not empty; pass --overwrite to replace the shard set there")
+def inputs_from(mono=(), parallel=(), parallel_jsonl=()) -> tuple[Input, ...]:
+    """The run's inputs in a fixed order (mono, aligned pairs, parallel records; each as given): `mono` holds
+    (lang, PATH), `parallel` (src_lang, tgt_lang, SRC, TGT), `parallel_jsonl` PATHs."""
+    return (tuple(Input("mono", (p,), (lang,)) for lang, p in mono)
+            + tuple(Input("aligned", (s, t), (sl, tl)) for sl, tl, s, t in parallel)
+            + tuple(Input("pairs", (p,)) for p in parallel_jsonl))
+
+
+def _check_inputs(inputs: tuple[Input, ...]) -> dict[str, list[sources.Source]]:
+    """Every PATH resolved to its files (DataError for one missing, empty or matching nothing). The same file may
+    not be read twice as text or records, whatever path (symlink, `..`, a directory holding it) names it; the same
+    target file may serve several aligned pairs (zh beside bo, kk, ...), the same pair may not come twice."""
+    resolved = {p: sources.resolve(p) for inp in inputs for p in inp.paths}
+    seen: dict[object, str] = {}
+    for inp in inputs:
+        keys = ([(os.path.realpath(inp.paths[0]), os.path.realpath(inp.paths[1]))] if inp.kind == "aligned"
+                else [os.path.realpath(s.path) for s in resolved[inp.paths[0]]])
+        for key, name in zip(keys, [inp.label] if inp.kind == "aligned" else [s.path for s in resolved[inp.paths[0]]]):
+            if key in seen:
+                same = "" if seen[key] == name else f" (the same file as {seen[key]})"
+                raise DataError(f"input given more than once: {name}{same}; its samples would be duplicated")
+            seen[key] = name
+    return resolved
+
+
+def _pair_langs(inputs: tuple[Input, ...], resolved: dict[str, list[sources.Source]]) -> set[str]:
+    """The languages of the parallel records, read once before any task starts so that a missing language tag or a
+    record whose field is not a string stops the run before any work."""
+    langs: set[str] = set()
+    for inp in inputs:
+        if inp.kind == "pairs":
+            for src in resolved[inp.paths[0]]:
+                for _, rec, _ in sources.pair_records(src, lambda n: True):
+                    if rec is not None:
+                        langs.update((rec["src_lang"], rec["tgt_lang"]))
+    return langs
+
+
+def _fingerprint_files(resolved: dict[str, list[sources.Source]]) -> list:
+    """What identifies the input files for a resumed run: path, size and modification time of each."""
+    out = []
+    for path, srcs in sorted(resolved.items()):
+        for s in srcs:
+            st = os.stat(s.path)
+            out.append([s.path, st.st_size, st.st_mtime_ns])
+    return out
+
+
+def plan_run(tokenizer_dir: str | Path, out_dir: str | Path, inputs: tuple[Input, ...], *, max_len: int = 256,
+             samples_per_shard: int = 2_000, text_field: str = "text", tasks: int = 1, overwrite: bool = False,
+             args: list[str] | None = None) -> tuple[Plan, dict]:
+    """Check everything that can be checked before any work and return the run's Plan and its identity (what
+    `run.json` records: a stage with the same identity is resumed). DataError names the input, flag or file."""
+    if not inputs:
+        raise DataError("no inputs: give at least one --mono, --parallel or --parallel-jsonl")
+    if samples_per_shard < 1:
+        raise DataError(f"--samples-per-shard {samples_per_shard}: must be at least 1")
+    if tasks < 1:
+        raise DataError(f"--tasks {tasks}: must be at least 1")
+    if max_len <= SPECIAL_TOKENS_PER_SAMPLE:
+        raise DataError(f"--max-len {max_len}: must exceed the {SPECIAL_TOKENS_PER_SAMPLE} special tokens")
+    resolved = _check_inputs(inputs)
+    out = Path(out_dir)
+    try:
+        check_output_dir(out, [*resolved, *(s.path for srcs in resolved.values() for s in srcs), tokenizer_dir],
+                         overwrite=overwrite)
+    except OutputError as e:
+        raise DataError(str(e)) from None
+    tokenizer = _load_tokenizer(tokenizer_dir)
+    langs = {lang for inp in inputs for lang in inp.langs} | _pair_langs(inputs, resolved)
+    info = tokenizer_info(tokenizer, tokenizer_dir, langs)   # a missing language tag fails before any work
+    job = Job(inputs=inputs, tokenizer_dir=str(tokenizer_dir), stage=str(stage_dir(out)), max_len=max_len,
+              samples_per_shard=samples_per_shard, text_field=text_field, fingerprint=info["fingerprint"])
+    identity = {"format_version": FORMAT_VERSION, "inputs": [[i.kind, list(i.paths), list(i.langs)] for i in inputs],
+                "files": _fingerprint_files(resolved), "tokenizer": info["fingerprint"], "max_len": max_len,
+                "samples_per_shard": samples_per_shard, "text_field": text_field, "tasks": tasks}
+    return Plan(job=job, out=str(out), tasks=tasks, tokenizer_info=info, args=tuple(args or ())), identity
+
+
+def pipeline(job: Job) -> list:
+    """The steps of one task."""
+    return [ReadRecords(job), Tokenise(job), WriteShards(job)]
+
+
+def _lock(stage: Path, out: Path) -> int:
+    """An exclusive lock on the stage directory (released by the kernel when this process ends, however it ends);
+    DataError if another run holds it."""
+    fd = os.open(stage, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataError(f"--out {out}: another prepare_data.py is writing this shard set now ({stage} is "
+                        f"locked)") from None
+    return fd
+
+
+def open_stage(plan: Plan, identity: dict) -> tuple[Path, int, int]:
+    """The stage directory for `plan`, locked: created (with any missing parents) or, when an earlier run with
+    the same identity left it, kept to resume; a stage an earlier run with other inputs or settings left is
+    removed first. Returns it, the lock's file descriptor and the number of tasks already complete."""
+    out = Path(plan.out)
+    recover_swap(out)
+    stage = Path(plan.job.stage)
+    run_file = stage / RUN_FILE
+    fd = None
+    if stage.exists():
+        fd = _lock(stage, out)
+        try:
+            same = json.loads(run_file.read_text(encoding="utf-8")) == identity
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            log.info("removing %s, left by an earlier run with other inputs or settings", stage)
+            shutil.rmtree(stage)
+            os.close(fd)
+            fd = None
+    if fd is None:
+        stage.mkdir(parents=True)
+        fd = _lock(stage, out)
+        run_file.write_text(json.dumps(identity), encoding="utf-8")
+    done = stage / DATATROVE_DIR / "completions"
+    return stage, fd, len(list(done.iterdir())) if done.is_dir() else 0
 
 
 @contextlib.contextmanager
-def _replacing(out_dir: Path) -> Iterator[Path]:
-    """Yield a new empty directory beside `out_dir` to build in. If the block completes, the new directory
-    takes `out_dir`'s place (a previous `out_dir` is renamed away first and deleted last). If anything raises
-    (KeyboardInterrupt included, wherever it lands), there is no partial result: the new directory and the
-    parent directories created here are removed, and `out_dir` is the previous one -- or the new one, if the
-    swap had completed."""
+def _staged(plan: Plan, identity: dict) -> Iterator[Path]:
+    """The stage, locked for this run. If the block raises a DataError or is interrupted, the stage and the parent
+    directories created for it are removed; after any other failure the stage stays for a resumed run."""
+    out = Path(plan.out)
     created = []
-    parent = out_dir.parent
+    parent = out.parent
     while not parent.exists():
         created.append(parent)
         parent = parent.parent
-    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
-    stage, old = out_dir.with_name(f".{out_dir.name}.tmp-{tag}"), out_dir.with_name(f".{out_dir.name}.old-{tag}")
+    stage, fd, done = open_stage(plan, identity)
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        stage.mkdir()
+        if done:
+            log.info("resuming: %d of %d tasks completed by an earlier run", done, plan.tasks)
         yield stage
-        if out_dir.exists():
-            out_dir.rename(old)
-        stage.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        if old.exists():
-            if out_dir.exists():   # swapped: only the deletion of the previous set was cut short
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.rename(out_dir)
+    except (DataError, KeyboardInterrupt):
         shutil.rmtree(stage, ignore_errors=True)
         for d in created:   # deepest first
             with contextlib.suppress(OSError):
                 d.rmdir()
         raise
+    except BaseException:
+        log.error("the tasks completed so far are kept in %s: run the same command again to resume", stage)
+        raise
+    finally:
+        os.close(fd)
 
 
 def prepare(tokenizer_dir: str | Path, out_dir: str | Path, *, mono: list[tuple[str, str]] = (),
             parallel: list[tuple[str, str, str, str]] = (), parallel_jsonl: list[str] = (), max_len: int = 256,
             samples_per_shard: int = 2_000, overwrite: bool = False, args: list[str] | None = None,
-            show_progress: bool = True) -> dict:
-    """Build a shard set in `out_dir` and return its index.
+            show_progress: bool = True, text_field: str = "text", tasks: int = 1, workers: int = 1,
+            executor: str = "local") -> dict:
+    """Build a shard set in `out_dir` with `tasks` datatrove tasks over `workers` local processes (1: in this
+    process), or on a Ray cluster (`executor="ray"`), and return its index.
 
-    `mono`: (lang, file) pairs; `parallel`: (src_lang, tgt_lang, src_file, tgt_file); `parallel_jsonl`: files.
-    Raises DataError for an unusable input (missing or empty file, no usable line, misaligned pair, missing
-    language tag, a JSONL field that is not a string), an unusable tokenizer directory, an `out_dir` that is a
-    file, or one that already holds a shard set (unless `overwrite`). Files, tokenizer, language tags and JSONL
-    records are checked before any shard is written; whatever fails, `out_dir` is left as it was.
+    `mono`: (lang, PATH) pairs; `parallel`: (src_lang, tgt_lang, SRC, TGT); `parallel_jsonl`: PATHs of records.
+    Raises DataError for an unusable input (missing, empty or unreadable file, a record without `text_field`, no
+    usable line, misaligned pair, missing language tag, a field that is not a string), an unusable tokenizer
+    directory, or an `out_dir` that may not be written (see `output_guard`). Whatever fails, `out_dir` is left as
+    it was. The same inputs and `tasks` give a byte-identical shard set; another `tasks`, the same samples.
     """
-    from tqdm import tqdm
+    plan, identity = plan_run(tokenizer_dir, out_dir, inputs_from(mono, parallel, parallel_jsonl), max_len=max_len,
+                              samples_per_shard=samples_per_shard, text_field=text_field, tasks=tasks,
+                              overwrite=overwrite, args=args)
+    level = "INFO" if show_progress else "WARNING"
+    with _staged(plan, identity) as stage:
+        workers = max(1, min(workers, tasks))
+        if executor == "ray":
+            runner = prepare_exec.ray(pipeline(plan.job), tasks, workers, stage / DATATROVE_DIR)
+        else:
+            runner = prepare_exec.local(pipeline(plan.job), tasks, workers, stage / DATATROVE_DIR)
+        todo = runner.get_incomplete_ranks()
+        log.info("running %d of %d tasks (ranks %s) over %d %s", len(todo), tasks, ",".join(map(str, todo)) or "none",
+                 workers, "Ray workers" if executor == "ray" else "processes")
+        prepare_exec.set_coordinator_logging(level)
+        runner.run()
+        return merge_and_swap(plan)
 
-    if not (mono or parallel or parallel_jsonl):
-        raise DataError("no inputs: give at least one --mono, --parallel or --parallel-jsonl")
-    if samples_per_shard < 1:
-        raise DataError(f"--samples-per-shard {samples_per_shard}: must be at least 1")
-    # The same target file may serve several pairs (zh beside bo, kk, ...); the same input twice may not.
-    inputs = [Path(f) for _, f in mono] + [Path(p) for q in parallel for p in q[2:]] + [Path(f) for f in parallel_jsonl]
-    keys = [str(f) for _, f in mono] + [f"{q[2]},{q[3]}" for q in parallel] + list(parallel_jsonl)
-    dupes = sorted({k for k in keys if keys.count(k) > 1})
-    if dupes:
-        raise DataError(f"input given more than once: {', '.join(dupes)} (its samples would be duplicated)")
-    total_bytes = sum(_input_size(p) for p in inputs)
-    out_dir = Path(out_dir)
-    _check_out(out_dir, overwrite)
-    tokenizer = _load_tokenizer(tokenizer_dir)
-    jsonl = [read_jsonl(Path(f)) for f in parallel_jsonl]
-    langs = ({lang for lang, _ in mono} | {x for q in parallel for x in q[:2]}
-             | {x for j in jsonl for pair in j.by_pair for x in pair})
-    info = tokenizer_info(tokenizer, tokenizer_dir, langs)   # a missing language tag fails before any work
 
-    with _replacing(out_dir) as stage, \
-            tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=not show_progress) as bar:
-        prep = Preparer(tokenizer, stage, max_len, samples_per_shard, progress=bar)
-        for lang, f in mono:
-            prep.add_mono(lang, Path(f))
-        for src_lang, tgt_lang, src_f, tgt_f in parallel:
-            prep.add_parallel(src_lang, tgt_lang, Path(src_f), Path(tgt_f))
-        for j in jsonl:
-            prep.add_parallel_jsonl(j)
-        index = prep.finish(info, args, max_len)
-    log.info("wrote %d shards, %d samples, %d tokens to %s", len(index["shards"]), index["totals"]["all"]["samples"],
-             index["totals"]["all"]["tokens"], out_dir)
-    return index
+def submit_slurm(tokenizer_dir: str | Path, out_dir: str | Path, *, inputs: tuple[Input, ...], tasks: int,
+                 slurm: dict, logs: str | Path | None = None, max_len: int = 256, samples_per_shard: int = 2_000,
+                 overwrite: bool = False, args: list[str] | None = None, text_field: str = "text") -> dict:
+    """Check the run as `prepare` does, then submit it to SLURM: a job array of `tasks` (one datatrove task per
+    index) and a merge job that runs when all have succeeded and swaps the set into `out_dir`. Submitting the same
+    command again resubmits only the tasks that have not completed. `slurm`: see `prepare_exec.slurm`; `logs`
+    (default `<out>.prepare-logs` beside it): the job scripts' and tasks' logs. Returns the job ids and paths."""
+    plan, identity = plan_run(tokenizer_dir, out_dir, inputs, max_len=max_len, samples_per_shard=samples_per_shard,
+                              text_field=text_field, tasks=tasks, overwrite=overwrite, args=args)
+    stage, fd, done = open_stage(plan, identity)
+    os.close(fd)   # the tasks run elsewhere, later: nothing here to hold the stage for
+    out = Path(plan.out)
+    logs = Path(logs) if logs else out.with_name(f"{out.name}.prepare-logs")
+    array, merge = prepare_exec.slurm(pipeline(plan.job), [MergeShardSet(plan)], tasks, stage / DATATROVE_DIR,
+                                      logs, slurm)
+    logs_existed = logs.exists()
+    try:
+        try:
+            merge.run()   # submits the array (its tasks not yet complete), then the merge job depending on it
+        except FileNotFoundError as e:
+            if e.filename != "sbatch":
+                raise
+            raise DataError("--executor slurm: sbatch not found; run this on a SLURM login node") from None
+        except subprocess.CalledProcessError as e:
+            raise DataError(f"--executor slurm: sbatch failed with status {e.returncode}") from None
+    except (DataError, KeyboardInterrupt):
+        if not done:   # nothing of an earlier submission to keep
+            shutil.rmtree(stage, ignore_errors=True)
+        if not logs_existed:
+            shutil.rmtree(logs, ignore_errors=True)
+        raise
+    return {"array_job": array.job_id, "merge_job": merge.job_id, "tasks_done_before": done, "stage": str(stage),
+            "logs": str(logs), "launch_script": str(stage / DATATROVE_DIR / "launch_script.slurm")}

@@ -137,6 +137,25 @@ def load_lengths(shard_dir: str | Path, index: dict) -> dict[str, np.ndarray]:
     return lengths
 
 
+def sample_source(index: dict, sample_id: str) -> list[tuple[str, int]]:
+    """Where the sample with meta id `sample_id` ("INPUT:RECORD" or "INPUT:RECORD:PIECE", INPUT the position of
+    the input in `index["inputs"]`, RECORD counted from 1 across that input's files) came from: [(file, line)],
+    or [(source file, line), (target file, line)] for a pair of aligned files. DataError if the index has no
+    such record."""
+    k, record = (int(x) for x in sample_id.split(":")[:2])
+    if not 0 <= k < len(index["inputs"]):
+        raise DataError(f"sample id {sample_id!r}: the index has no input {k}")
+    inp = index["inputs"][k]
+    if inp["kind"] == "aligned":
+        return [(f, record) for f in inp["files"]]
+    left = record
+    for f in inp["files"]:
+        if left <= inp["records"][f]:
+            return [(f, left)]
+        left -= inp["records"][f]
+    raise DataError(f"sample id {sample_id!r}: input {k} has {inp['lines']} records")
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()

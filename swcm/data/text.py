@@ -20,6 +20,13 @@ SENTENCE_END_CHARS = "།༎༏༐༑᠃᠉。！？؟۔.!?"
 # mark a lossy decoder left behind: either means the line is not clean text.
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\ufffd]")
 
+# Characters that render as nothing: zero-width space / non-joiner / joiner, word joiner, the BOM used as a
+# zero-width no-break space, and the Mongolian vowel separator. A line made only of these (and whitespace) has no
+# text, yet tokenises to "▁ <unk>": it is skipped as ZERO_WIDTH_ONLY. Inside real text they stay (ZWJ/ZWNJ shape
+# Arabic-script and Indic words).
+_ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff\u180e"
+BOM = b"\xef\xbb\xbf"   # UTF-8 byte-order mark: stripped from the start of an input file, never text
+
 # Reasons a line is skipped (the keys of the per-file skip counts in index.json).
 INVALID_UTF8 = "invalid_utf8"
 EMPTY = "empty"
@@ -27,6 +34,7 @@ CONTROL_CHARS = "control_chars"
 SPECIAL_TOKEN_TEXT = "special_token_text"
 TOO_LONG_PAIR = "parallel_side_too_long"
 INVALID_JSON = "invalid_json"
+ZERO_WIDTH_ONLY = "zero_width_only"
 
 
 def clean_line(raw: bytes) -> tuple[str | None, str | None]:
@@ -45,10 +53,13 @@ def clean_line(raw: bytes) -> tuple[str | None, str | None]:
 
 
 def clean_text(text: str) -> tuple[str | None, str | None]:
-    """NFC-normalise and strip an already decoded string; `(None, reason)` if it is empty or has control garbage."""
+    """NFC-normalise and strip an already decoded string; `(None, reason)` if it is empty, made only of
+    zero-width characters, or has control garbage."""
     text = unicodedata.normalize("NFC", text).strip()
     if not text:
         return None, EMPTY
+    if not text.strip(_ZERO_WIDTH + " \t"):
+        return None, ZERO_WIDTH_ONLY
     if _CONTROL.search(text):
         return None, CONTROL_CHARS
     return text, None
