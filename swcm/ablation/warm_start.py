@@ -168,6 +168,9 @@ class _WarmStartModelHooks:
     def flops(self, model_config, batch: dict) -> float:
         return warm_start_flops(model_config, batch)
 
+    def lm_head(self, model_config, device) -> str:
+        return "naive"   # the HF decoder's own head (full logits), with Seq2SeqLoss on top
+
     def describe(self, model_config) -> str:
         return (f"HF EncoderDecoderModel warm start, {model_config.encoder.num_hidden_layers} + "
                 f"{model_config.decoder.num_hidden_layers} layers")
