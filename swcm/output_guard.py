@@ -117,7 +117,9 @@ def check_output_dir(out: str | Path, inputs: Iterable[str | Path | None], *, ov
         found = sorted(p.name for p in path.iterdir())
     except OSError as e:
         raise OutputError(f"{flag} {out}: {e.strerror}") from None
-    if not found:
+    # A run's lock and our marker (or its temporary) alone: the directory is being started by another rank of the
+    # same job, which checks and marks it while the others check it too.
+    if not [name for name in found if name != ".lock" and not name.startswith(MARKER)]:
         return
     if not overwrite:
         raise OutputError(f"{flag} {out} exists and is not empty (pass --overwrite to replace it)")

@@ -44,7 +44,9 @@ def pytest_sessionfinish(session, exitstatus):
         alive = []
         for p in psutil.Process().children(recursive=True):
             try:
-                if p.status() != psutil.STATUS_ZOMBIE:
+                # multiprocessing's resource tracker serves this process until it exits, then ends by itself
+                if p.status() != psutil.STATUS_ZOMBIE and "multiprocessing.resource_tracker" not in " ".join(
+                        p.cmdline()):
                     alive.append(p)
             except psutil.NoSuchProcess:
                 pass

@@ -89,8 +89,9 @@ def _worker(rank, world, port, model_dir, batches, out_path):
     results = {}
     for stage in STAGES:
         cfg = RunConfig(train=TrainConfig(micro_batch_size=1, global_batch_size=len(batches), gloo_piece_mb=0))
-        trainer = Trainer(cfg, f"ds_configs/zero{stage}.json", os.path.join(os.path.dirname(out_path), "run"),
-                          task=_FixedTask(model_dir))
+        # A run directory per stage: each trainer is its directory's one writer (swcm/training/run_lock.py).
+        trainer = Trainer(cfg, f"ds_configs/zero{stage}.json",
+                          os.path.join(os.path.dirname(out_path), f"run-zero{stage}"), task=_FixedTask(model_dir))
         trainer.build()
         grads = {}
         _capture_boundary_grads(trainer.engine, grads)

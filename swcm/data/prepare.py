@@ -66,9 +66,9 @@ def _load_tokenizer(tokenizer_dir: str | Path):
 def inputs_from(mono=(), parallel=(), parallel_jsonl=()) -> tuple[Input, ...]:
     """The run's inputs in a fixed order (mono, aligned pairs, parallel records; each as given): `mono` holds
     (lang, PATH), `parallel` (src_lang, tgt_lang, SRC, TGT), `parallel_jsonl` PATHs."""
-    return (tuple(Input("mono", (p,), (lang,)) for lang, p in mono)
-            + tuple(Input("aligned", (s, t), (sl, tl)) for sl, tl, s, t in parallel)
-            + tuple(Input("pairs", (p,)) for p in parallel_jsonl))
+    return (tuple(Input("mono", (str(p),), (lang,)) for lang, p in mono)
+            + tuple(Input("aligned", (str(s), str(t)), (sl, tl)) for sl, tl, s, t in parallel)
+            + tuple(Input("pairs", (str(p),)) for p in parallel_jsonl))
 
 
 def _check_inputs(inputs: tuple[Input, ...]) -> dict[str, list[sources.Source]]:

@@ -66,6 +66,7 @@ def _is_datasets_dir(path: Path) -> bool:
 def resolve(spec: str) -> list[Source]:
     """The files a PATH names, in sorted order: the file itself, the matches of a glob, the visible files of a
     directory, or one `datasets` directory. DataError if nothing is found, or a file found is empty."""
+    spec = str(spec)
     path = Path(spec)
     if _is_datasets_dir(path):
         return [Source(spec, "datasets", "")]
