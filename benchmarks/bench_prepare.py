@@ -27,6 +27,7 @@ from pathlib import Path
 
 import psutil
 
+from bench_data import tokenizer_dir   # the same --tokenizer / demo-tokenizer choice as bench_data
 from results import REPO, RESULTS_DIR, append_csv, git_sha
 
 POLL_S = 0.1    # memory sampling period: short beside a run of seconds, long enough not to load the machine
@@ -91,18 +92,6 @@ def measure(cmd: list[str], env: dict) -> tuple[float, float, float, int]:
     if proc.returncode:
         print(stderr[-3000:], file=sys.stderr)
     return wall, tree_peak / MB, proc_peak / MB, proc.returncode
-
-
-def tokenizer_dir(args, tmp: Path) -> Path:
-    if args.tokenizer:
-        return Path(args.tokenizer)
-    from swcm.assets import build_demo_tokenizer
-    from swcm.tokenization import add_language_tags
-
-    tok = build_demo_tokenizer(tmp / "tokenizer", vocab_size=args.vocab_size)
-    add_language_tags(tok)
-    tok.save_pretrained(str(tmp / "tokenizer"))
-    return tmp / "tokenizer"
 
 
 def main(argv=None) -> int:

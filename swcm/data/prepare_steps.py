@@ -188,9 +188,7 @@ class Tokenise(PipelineStep):
         self.job = job
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        from swcm.tokenization import load_tokenizer
-
-        from swcm.tokenization import tokenizer_fingerprint
+        from swcm.tokenization import load_tokenizer, tokenizer_fingerprint
 
         self.tok = load_tokenizer(self.job.tokenizer_dir)
         if tokenizer_fingerprint(self.tok) != self.job.fingerprint:
