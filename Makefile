@@ -20,12 +20,15 @@ $(VENV_STAMP): setup.py constraints.txt
 setup: $(VENV_STAMP)
 
 # Everything (what CI runs). Without CUDA, tests/conftest.py runs the Triton kernels under the interpreter.
+# TEST_WORKERS pytest-xdist processes, a test file each at a time (--dist loadfile: a file's shared runs are made once);
+# two on two cores overlap one test's process start-up and waiting with another's work (docs/testing.md).
+TEST_WORKERS ?= 2
 test: setup
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not extended"
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not extended" -n $(TEST_WORKERS) --dist loadfile
 
 # What `make test` leaves out: the same checks on more ZeRO stages, world sizes and inputs (docs/testing.md).
 test-extended: setup
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m extended
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m extended -n $(TEST_WORKERS) --dist loadfile
 
 # The fast tier while working: no multi-process or long tests (under 2 minutes); `make test` runs them all.
 test-fast: setup

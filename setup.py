@@ -34,6 +34,6 @@ setup(
         "triton": ["triton>=3.0"],
         "datasets": ["datasets>=5.2"],   # saved `datasets` directories as prepare_data inputs
         "ray": ["ray[default]"],   # prepare_data.py --executor ray
-        "dev": ["pytest>=8", "pytest-timeout>=2", "triton>=3.0", "py-spy>=0.3", "datasets>=5.2"],   # py-spy: bench_peer --profile
+        "dev": ["pytest>=8", "pytest-timeout>=2", "pytest-xdist>=3.5", "triton>=3.0", "py-spy>=0.3", "datasets>=5.2"],   # py-spy: bench_peer --profile
     },
 )

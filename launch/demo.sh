@@ -45,13 +45,16 @@ if [ ! -f $OUT/shards/train/index.json ]; then
     --parallel zh-bo=$NTREX.dev.zh,$NTREX.dev.bo --parallel zh-kk=$NTREX.dev.zh,$NTREX.dev.kk \
     --parallel zh-mn=$NTREX.dev.zh,$NTREX.dev.mn --parallel zh-ug=$NTREX.dev.zh,$NTREX.dev.ug
 fi
-echo "== 4/10 pretraining: deepspeed, 2 CPU ranks, ZeRO-2 (resumes if a checkpoint exists)"
-$DS --num_gpus 2 launch/pretrain.py --config configs/demo.json --deepspeed_config ds_configs/zero2.json \
-  --out $OUT/run --resume \
-  --set model.path=$OUT/swcm-init --set data.shards=$OUT/shards/train --set data.dev_shards=$OUT/shards/dev \
-  $PRETRAIN_SET
-echo "== 5/10 export: newest checkpoint -> HF directory (safetensors, remote code), verified by reloading"
-$PY launch/convert_checkpoint.py to-hf --run $OUT/run --out $OUT/hf --overwrite
+# The export appears (atomically) only once pretraining has finished: then both stages are done.
+if [ ! -f $OUT/hf/config.json ]; then
+  echo "== 4/10 pretraining: deepspeed, 2 CPU ranks, ZeRO-2 (resumes if a checkpoint exists)"
+  $DS --num_gpus 2 launch/pretrain.py --config configs/demo.json --deepspeed_config ds_configs/zero2.json \
+    --out $OUT/run --resume \
+    --set model.path=$OUT/swcm-init --set data.shards=$OUT/shards/train --set data.dev_shards=$OUT/shards/dev \
+    $PRETRAIN_SET
+  echo "== 5/10 export: newest checkpoint -> HF directory (safetensors, remote code), verified by reloading"
+  $PY launch/convert_checkpoint.py to-hf --run $OUT/run --out $OUT/hf --overwrite
+fi
 echo "== 6/10 generation: zh -> bo with beam search from the exported directory"
 $PY launch/generate.py --model $OUT/hf --src-lang zh --tgt-lang bo --num-beams 4 \
   --text "$(head -n 1 $NTREX.dev.zh)"

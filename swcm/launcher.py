@@ -148,11 +148,12 @@ class Launcher:
         return 128 - first_bad if first_bad < 0 else first_bad
 
     def cleanup(self) -> None:
-        """Remove the DeepSpeed /dev/shm buffers of this node's ranks (a killed rank cannot)."""
+        """Remove the DeepSpeed /dev/shm buffers of this node's ranks (a rank killed before its process group was up
+        cannot)."""
         from swcm.training.shm import release_shm_buffers
 
         for local_rank in range(self.local):
-            release_shm_buffers(self.args.master_addr, str(self.args.master_port), local_rank)
+            release_shm_buffers(self.args.master_addr, str(self.args.master_port), self.first + local_rank)
 
 
 def _tree(pid: int) -> list[psutil.Process]:

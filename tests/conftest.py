@@ -54,4 +54,4 @@ def tokenizer(demo_tokenizer_dir, tmp_path_factory):
 
 
 # The session fails if it leaves /dev/shm entries or processes behind (tests/session_guard.py).
-from session_guard import pytest_sessionfinish, pytest_sessionstart  # noqa: E402,F401
+from session_guard import pytest_runtest_logfinish, pytest_sessionfinish, pytest_sessionstart  # noqa: E402,F401

@@ -35,11 +35,31 @@ def _mapped_shm() -> set[str]:
     return names
 
 
+_SEEN: set[str] = set()
+_FIRST_SEEN_AFTER: dict[str, str] = {}   # /dev/shm name -> the test that had just ended when it was first seen
+
+
+def _worker(config) -> bool:
+    """A pytest-xdist worker: the controller, which outlives every worker, does the checking."""
+    return hasattr(config, "workerinput")
+
+
 def pytest_sessionstart(session):
     session.config._shm_before = _shm_entries()
+    _SEEN.update(session.config._shm_before)
 
 
+def pytest_runtest_logfinish(nodeid, location):
+    """Note the test that had just ended when each new /dev/shm entry was first seen: a leak names a suspect."""
+    new = _shm_entries() - _SEEN
+    _SEEN.update(new)
+    _FIRST_SEEN_AFTER.update(dict.fromkeys(new, nodeid))
+
+
+@pytest.hookimpl(trylast=True)   # after pytest-xdist has ended its workers
 def pytest_sessionfinish(session, exitstatus):
+    if _worker(session.config):
+        return
     def running():
         alive = []
         for p in psutil.Process().children(recursive=True):
@@ -65,7 +85,8 @@ def pytest_sessionfinish(session, exitstatus):
             pass
     gained = _shm_entries() - session.config._shm_before - _mapped_shm()
     for name in sorted(gained):
-        problems.append(f"{SHM}/{name} left behind")
+        origin = _FIRST_SEEN_AFTER.get(name)
+        problems.append(f"{SHM}/{name} left behind" + (f" (first seen when {origin} ended)" if origin else ""))
         if name.startswith(DEEPSPEED_BUFFER):   # ~70 MB of RAM each, and nobody maps it: removed
             try:
                 os.unlink(os.path.join(SHM, name))

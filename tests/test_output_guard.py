@@ -52,6 +52,21 @@ def test_absent_and_empty_directories_are_accepted(tmp_path):
     check_output_dir(tmp_path / "empty", [], overwrite=False)
 
 
+@pytest.mark.parametrize("names,accepted", [
+    ((".lock",), True), ((".lock", MARKER), True), ((".lock", f".{MARKER}.4242.tmp"), True),
+    ((".lock", f".{MARKER}.4242.tmp", "notes.txt"), False)], ids=["lock", "marker", "marker_being_written", "other"])
+def test_a_run_directory_another_rank_is_starting_is_accepted(tmp_path, names, accepted):
+    """What rank 0 writes first (its lock, then our marker through a temporary) while the other ranks check the
+    directory too: a start-up race, not a foreign directory."""
+    for name in names:
+        (tmp_path / name).write_text("{}")
+    if accepted:
+        check_output_dir(tmp_path, [], overwrite=True)
+    else:
+        with pytest.raises(OutputError, match="was not written by swcm"):
+            check_output_dir(tmp_path, [], overwrite=True)
+
+
 def test_non_empty_needs_overwrite_and_a_foreign_directory_is_never_replaced(tmp_path):
     d = tmp_path / "thesis"
     d.mkdir()

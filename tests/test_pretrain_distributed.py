@@ -57,15 +57,10 @@ def _run(cmd, **kw):
     return res
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _remove_leaked_shm_buffers():
-    """Runs killed on purpose here cannot unlink DeepSpeed's /dev/shm all-reduce buffers: remove them."""
-    shm = Path("/dev/shm")
-    before = set(shm.glob("deepspeed_allreduce_buffer_*")) if shm.is_dir() else set()
-    yield
-    if shm.is_dir():
-        for path in set(shm.glob("deepspeed_allreduce_buffer_*")) - before:
-            path.unlink(missing_ok=True)
+def _shm_buffers(port: int) -> list[Path]:
+    """DeepSpeed's /dev/shm all-reduce buffers of the job on `port` (its ranks unlink them once all have mapped them,
+    so that a killed rank leaves none)."""
+    return sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
 
 
 @pytest.fixture(scope="session")
@@ -242,11 +237,12 @@ def test_dropout_is_on_from_the_first_step(assets, reference_runs):
 
 
 def test_resume_after_sigkill_on_one_rank_is_exact(assets, reference_runs):
-    out = assets / "killed"
-    proc = _launch(assets, out, "zero2", launcher=(DS,))
+    out, port = assets / "killed", _free_port()
+    proc = _launch(assets, out, "zero2", launcher=(DS,), port=port)
     _wait_for_step(out, 6, proc)
     _rank_processes(proc)[1].send_signal(signal.SIGKILL)
     assert _wait(proc) != 0
+    assert _shm_buffers(port) == []
     done = _complete_steps(out)
     assert done and max(done) < STEPS, done  # it really died mid-run, after at least one checkpoint
     proc = _launch(assets, out, "zero2", resume=True)
@@ -352,10 +348,9 @@ def test_a_failed_save_ends_the_job_and_resume_skips_a_damaged_checkpoint(assets
     """The disk fills up during the save of step 12 (tests/fault_injection): the job ends within 30 s with one
     error line, no process left and DeepSpeed's /dev/shm buffers gone; then the newest complete checkpoint (8) is
     damaged too, and --resume reports it and continues from step 4, reproducing the uninterrupted losses."""
-    out = assets / "full_disk"
-    shm = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
-    proc = _launch(assets, out, "zero2", env={"PYTHONPATH": str(ROOT / "tests" / "fault_injection"),
-                                              "SWCM_TEST_FULL_DISK_AT": "step_00000012"})
+    out, port = assets / "full_disk", _free_port()
+    proc = _launch(assets, out, "zero2", port=port, env={"PYTHONPATH": str(ROOT / "tests" / "fault_injection"),
+                                                         "SWCM_TEST_FULL_DISK_AT": "step_00000012"})
     _wait_for_step(out, 12, proc)
     failed_at = time.time()
     assert _wait(proc, timeout=120) != 0
@@ -370,7 +365,7 @@ def test_a_failed_save_ends_the_job_and_resume_skips_a_damaged_checkpoint(assets
     assert any("No space left on device" in text for text in kept) and all(kept), kept
     time.sleep(1)
     assert _session_processes(proc.pid) == [], "a process of the job outlived it"
-    assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) <= shm
+    assert _shm_buffers(port) == []
     assert _complete_steps(out) == [4, 8] and not partial.exists()   # the failed save removed what it had written
 
     victim = out / "checkpoints" / "step_00000008" / "mp_rank_00_model_states.pt"

@@ -11,6 +11,7 @@ from swcm.training.ds_ops import load_shm_comm_op
 from swcm.training.fp32_master import share_fp32_master
 from swcm.training.gloo_collectives import use_bounded_gloo_collectives
 from swcm.training.schedule import warmup_linear_decay
+from swcm.training.shm import release_shm_buffers
 from swcm.training.threads import share_cores_between_ranks
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,10 @@ def init_process_group(gloo_piece_mb: float) -> tuple[int, int]:
     threads = share_cores_between_ranks()
     deepspeed.init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
+    # Every rank maps every rank's /dev/shm all-reduce buffer inside init_distributed and never opens one by name
+    # again: once all are past it, the names can go, and a rank killed later (SIGKILL, OOM) leaves nothing in RAM.
+    dist.barrier()
+    release_shm_buffers(rank=rank)
     if threads is not None and rank == 0:
         log.info("OMP_NUM_THREADS unset: %d torch thread(s) per rank (this host's cores shared by its ranks)", threads)
     piece_bytes = int(gloo_piece_mb * 2 ** 20)

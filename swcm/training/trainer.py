@@ -43,7 +43,6 @@ from swcm.training.run_lock import hold_run_lock
 from swcm.training.metrics import LossTracker, device_peak_flops, memory_gb
 from swcm.training.release import release_engine, return_freed_memory
 from swcm.training.run_log import RunLog, SampleLog
-from swcm.training.shm import release_shm_buffers
 from swcm.training.step_batches import StepBatches, data_layout
 from swcm.training.stop import StopRequest
 
@@ -265,9 +264,6 @@ class Trainer:
         batches = iter(self.train_data)
         try:
             step, exit_code = self._loop(step, rng_state, batches, stop)
-        except BaseException:
-            release_shm_buffers()
-            raise
         finally:
             stop.restore()
             batches.close()   # shuts the loader's workers down, also on the way out of an exception
@@ -439,4 +435,3 @@ class Trainer:
         self.training_peak_gb = memory_gb(self.device)
         self._write_perf()
         dist.barrier()
-        release_shm_buffers()
