@@ -53,5 +53,17 @@ def tokenizer(demo_tokenizer_dir, tmp_path_factory):
     return tok
 
 
+# The longest files first (measured: the demo ~5 min, the pretraining runs ~6, ablate.py --smoke ~3, ...): pytest-xdist
+# hands whole files to its workers in this order, and a long file handed out last would run alone at the end.
+LONGEST_FIRST = ("test_pretrain_distributed.py", "test_demo.py", "test_ablate.py", "test_finetune_distributed.py",
+                 "test_mlm.py", "test_evaluate.py", "test_token_normalisation.py", "test_trim_vocab_training.py",
+                 "test_gpu_check.py", "test_bench_peer.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: the rest keep their order
+
+
 # The session fails if it leaves /dev/shm entries or processes behind (tests/session_guard.py).
 from session_guard import pytest_runtest_logfinish, pytest_sessionfinish, pytest_sessionstart  # noqa: E402,F401

@@ -540,11 +540,11 @@ def _step_samples(out) -> dict[int, list[str]]:
     return {s: sorted(ids) for s, ids in steps.items()}
 
 
-# One cell in `make test`: the 2 -> 1 -> 3 chain below already resumes at ZeRO-1 on 1 rank and ZeRO-3 on 3 ranks.
-# The other three re-check that on other layouts (`make test-extended`).
-@pytest.mark.parametrize("stage,ranks", [pytest.param("zero1", 1, marks=pytest.mark.extended),
-                                         pytest.param("zero3", 1, marks=pytest.mark.extended),
-                                         pytest.param("zero1", 2, marks=pytest.mark.extended), ("zero3", 2)])
+# All four cells in `make test-extended` only: the 2 -> 1 -> 3 chain below (in `make test`) already resumes a ZeRO-2
+# run at ZeRO-1 on 1 rank and at ZeRO-3 on 3 ranks; these re-check that on other layouts, from a universal checkpoint
+# made by `convert_checkpoint.py universal` (which `make test` runs in the refusals below).
+@pytest.mark.extended
+@pytest.mark.parametrize("stage,ranks", [("zero1", 1), ("zero3", 1), ("zero1", 2), ("zero3", 2)])
 def test_universal_checkpoint_resumes_at_another_world_size_and_stage(assets, elastic, stage, ranks):
     """A ZeRO-2 run at 2 ranks, converted at step 4 with `convert_checkpoint.py universal`, resumed under another
     stage at 1 or 2 ranks: the next losses equal the uninterrupted run's (1e-5 relative, fp32), and the weights and
@@ -597,12 +597,15 @@ def test_world_size_2_then_1_then_3_keeps_every_step(assets, elastic):
 
 @pytest.mark.parametrize("case", ["not_a_checkpoint", "other_model", "other_tokenizer", "zero0", "zero0_source",
                                   "uneven_world"])
-def test_unusable_resume_sources_fail_before_the_process_group(assets, elastic, reference_runs, tmp_path, case):
+def test_unusable_resume_sources_fail_before_the_process_group(assets, elastic, reference_runs, tmp_path, case,
+                                                              monkeypatch, capsys):
+    """One error line naming what is wrong, nothing written (main() in this process: it must not get as far as a
+    process group)."""
     root, ref = elastic
     universal = root / "universal4"
     if not universal.exists():
         _run([PY, "launch/convert_checkpoint.py", "universal", "--run", ref, "--step", "4", "--out", universal])
-    source, stage, env, extra = universal, "zero1", {}, []
+    source, stage, world, extra = universal, "zero1", "1", []
     if case == "not_a_checkpoint":
         source, expect = tmp_path / "empty", "neither a universal checkpoint"
         source.mkdir()
@@ -626,12 +629,18 @@ def test_unusable_resume_sources_fail_before_the_process_group(assets, elastic, 
     elif case == "zero0_source":
         source, expect = reference_runs["zero0"], "a ZeRO-0 checkpoint (at 2 ranks) has no ZeRO optimizer partitions"
     else:   # the run config leaves the global batch to the checkpoint, whose 6 micro-batches 4 ranks cannot share
-        env, expect = {"WORLD_SIZE": "4", "RANK": "0"}, "4 ranks cannot share evenly"
+        world, expect = "4", "4 ranks cannot share evenly"
         extra = ["--set", "train.global_batch_size=0"]
-    res = subprocess.run([PY, "launch/pretrain.py", "--config", str(root / "run.json"), "--deepspeed_config",
+    sys.path.insert(0, str(ROOT / "launch"))
+    import pretrain
+
+    monkeypatch.setenv("RANK", "0")   # rank 0 of a launched job: no single-process defaults in this test process
+    monkeypatch.setenv("WORLD_SIZE", world)
+    capsys.readouterr()
+    code = pretrain.main(["--config", str(root / "run.json"), "--deepspeed_config",
                           str(ROOT / "ds_configs" / f"{stage}.json"), "--out", str(tmp_path / "run"), "--resume-from",
-                          str(source), *extra], cwd=ROOT, env={**_env(), **env}, capture_output=True, text=True,
-                         timeout=120)
-    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
-    assert res.returncode == 2 and len(errors) == 1 and expect in errors[0], res.stderr[-3000:]
-    assert "Traceback" not in res.stderr and not (tmp_path / "run").exists()
+                          str(source), *extra])
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and expect in errors[0], err[-3000:]
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
