@@ -24,11 +24,11 @@ setup: $(VENV_STAMP)
 # two on two cores overlap one test's process start-up and waiting with another's work (docs/testing.md).
 TEST_WORKERS ?= 2
 test: setup
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not extended" -n $(TEST_WORKERS) --dist loadfile --durations=25
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not extended" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 # What `make test` leaves out: the same checks on more ZeRO stages, world sizes and inputs (docs/testing.md).
 test-extended: setup
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m extended -n $(TEST_WORKERS) --dist loadfile
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m extended -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The fast tier while working: no multi-process or long tests (under 2 minutes); `make test` runs them all.
 test-fast: setup

@@ -54,7 +54,8 @@ def tokenizer(demo_tokenizer_dir, tmp_path_factory):
 
 
 # The longest files first (measured: the demo ~5 min, the pretraining runs ~6, ablate.py --smoke ~3, ...): pytest-xdist
-# hands whole files to its workers in this order, and a long file handed out last would run alone at the end.
+# hands whole files to its workers in this order (with --no-loadscope-reorder, as `make test` runs it; by default it
+# would hand out the files with the most tests first), and a long file handed out last would run alone at the end.
 LONGEST_FIRST = ("test_pretrain_distributed.py", "test_demo.py", "test_ablate.py", "test_finetune_distributed.py",
                  "test_mlm.py", "test_evaluate.py", "test_token_normalisation.py", "test_trim_vocab_training.py",
                  "test_gpu_check.py", "test_bench_peer.py")
