@@ -19,7 +19,7 @@ import socket
 from pathlib import Path
 from typing import Iterable
 
-from swcm.atomic_write import write_atomic
+from swcm.atomic_write import temporary_file_prefix, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def check_output_dir(out: str | Path, inputs: Iterable[str | Path | None], *, ov
         raise OutputError(f"{flag} {out}: {e.strerror}") from None
     # A run's lock and our marker (or its temporary) alone: the directory is being started by another rank of the
     # same job, which checks and marks it while the others check it too.
-    if not [name for name in found if name != ".lock" and not name.startswith((MARKER, f".{MARKER}."))]:
+    if not [name for name in found if name != ".lock" and not name.startswith((MARKER, temporary_file_prefix(MARKER)))]:
         return
     if not overwrite:
         raise OutputError(f"{flag} {out} exists and is not empty (pass --overwrite to replace it)")

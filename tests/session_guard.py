@@ -60,6 +60,7 @@ def pytest_runtest_logfinish(nodeid, location):
 def pytest_sessionfinish(session, exitstatus):
     if _worker(session.config):
         return
+
     def running():
         alive = []
         for p in psutil.Process().children(recursive=True):
