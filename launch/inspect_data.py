@@ -141,4 +141,7 @@ def _lines(batch: dict, position: int, tokenizer, decode: bool):
 
 
 if __name__ == "__main__":
+    from swcm.fast_exit import skip_final_gc
+
+    skip_final_gc()
     sys.exit(main())

@@ -39,4 +39,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from swcm.fast_exit import skip_final_gc
+
+    skip_final_gc()
     main()

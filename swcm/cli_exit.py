@@ -43,19 +43,31 @@ def interrupts_raised() -> Iterator[None]:
             signal.signal(s, h)
 
 
+def end_progress_bars() -> None:
+    """Close the progress bars that are still open (a loop the error left): each ends its line, so that what is
+    printed next begins a line of its own instead of continuing a half-drawn bar."""
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is not None:
+        for bar in list(tqdm.tqdm._instances):
+            bar.close()
+
+
 def run_reporting(work: Callable[[], object], user_errors: tuple[type[BaseException], ...]) -> int:
-    """Call `work()` with interrupts raised; return 0, or print one `error:` line on stderr and return the status
-    (2 for `user_errors`, 1 for an OSError, 128 + signal for an interrupt)."""
+    """Call `work()` with interrupts raised; return 0, or print one `error:` line on stderr (on a line of its own)
+    and return the status (2 for `user_errors`, 1 for an OSError, 128 + signal for an interrupt)."""
     try:
         with interrupts_raised():
             work()
     except Interrupted as e:
+        end_progress_bars()
         print("error: interrupted", file=sys.stderr)
         return e.exit_code
     except user_errors as e:
+        end_progress_bars()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
+        end_progress_bars()
         print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 1
     return 0

@@ -2,6 +2,8 @@
 scores file equal to swcm.tasks on the predictions, --compare, and one `error:` line for every bad input; plus
 the task JSONL reader and the generation batches."""
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -31,6 +33,21 @@ GENERATE = ["--beam", "2", "--max-new-tokens", "6"]
 def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, str(CLI), *map(str, args)], capture_output=True, text=True,
                           cwd=cwd or REPO, timeout=300)
+
+
+def run_main(*args) -> subprocess.CompletedProcess:
+    """launch/evaluate.py's main() in this process, for what ends before a model runs (no interpreter start per
+    case): its exit status (argparse's too), stdout and stderr."""
+    sys.path.insert(0, str(CLI.parent))
+    import evaluate
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = evaluate.main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def jsonl(path: Path, rows) -> Path:
@@ -119,7 +136,7 @@ def test_scores_file_equals_swcm_tasks_on_the_predictions(runs):
 
 def test_compare_with_itself_and_with_a_better_system(runs, tmp_path):
     _, pred, _ = runs[1]
-    same = run_cli("--predictions", pred, "--compare", runs[16][1], "--scores-out", tmp_path / "same.json")
+    same = run_main("--predictions", pred, "--compare", runs[16][1], "--scores-out", tmp_path / "same.json")
     assert same.returncode == 0, same.stderr[-3000:]
     groups = json.loads((tmp_path / "same.json").read_text())["compare"]["groups"]
     for group in groups.values():
@@ -132,7 +149,7 @@ def test_compare_with_itself_and_with_a_better_system(runs, tmp_path):
     oracle = [json.loads(line) for line in pred.read_text(encoding="utf-8").splitlines()]
     oracle = jsonl(tmp_path / "oracle.jsonl", [{k: v for k, v in {**row, "prediction": row["target"]}.items()
                                                 if k not in ("nll", "tokens")} for row in oracle])
-    better = run_cli("--predictions", oracle, "--compare", pred, "--scores-out", tmp_path / "better.json")
+    better = run_main("--predictions", oracle, "--compare", pred, "--scores-out", tmp_path / "better.json")
     assert better.returncode == 0, better.stderr[-3000:]
     bo = json.loads((tmp_path / "better.json").read_text())["compare"]["groups"]["bo"]
     assert set(bo) == {"chrf", "bleu", "rouge_l_f", "rouge_l_p", "rouge_l_r"}
@@ -145,7 +162,7 @@ def test_compare_needs_the_same_inputs_in_the_same_order(runs, tmp_path):
     lines = pred.read_text(encoding="utf-8").splitlines(keepends=True)
     swapped = tmp_path / "swapped.jsonl"
     swapped.write_text("".join([lines[1], lines[0], *lines[2:]]), encoding="utf-8")
-    proc = run_cli("--predictions", pred, "--compare", swapped)
+    proc = run_main("--predictions", pred, "--compare", swapped)
     assert proc.returncode == 2 and proc.stderr.startswith(f"error: {swapped}:1: source differs from {pred}:1")
 
 
@@ -171,7 +188,7 @@ def test_bad_data_gives_one_error_line(case, model_dir, tmp_path):
     lines, expected = BAD_DATA[case]
     data = tmp_path / "bad.jsonl"
     data.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    _assert_one_error(run_cli("--model", model_dir, "--data", data, "--out", tmp_path / "pred.jsonl", *GENERATE),
+    _assert_one_error(run_main("--model", model_dir, "--data", data, "--out", tmp_path / "pred.jsonl", *GENERATE),
                       f"error: {data}{expected}", tmp_path / "pred.jsonl")
 
 
@@ -201,11 +218,11 @@ def test_bad_files_and_arguments_give_one_error_line(model_dir, tiny_xlmr_dir, d
         (["--model", model_dir, "--data", data_file, "--lang-map", "bo"], "error: --lang-map bo: expected CODE=TOKEN"),
     ]
     for args, prefix in cases:
-        _assert_one_error(run_cli(*GENERATE, *args, "--out", out), prefix, out)
+        _assert_one_error(run_main(*GENERATE, *args, "--out", out), prefix, out)
 
 
 def test_help():
-    proc = run_cli("--help")
+    proc = run_main("--help")
     assert proc.returncode == 0 and "--compare" in proc.stdout and "--predictions" in proc.stdout
 
 
@@ -269,7 +286,7 @@ def test_outputs_that_are_or_lie_inside_inputs_are_refused(model_dir, data_file,
              (["--out", pred, "--scores-out", data_file], f"error: --scores-out {data_file} the input"),
              (["--out", pred, "--scores-out", pred], f"error: --scores-out {pred} the input {pred}")]
     for extra, prefix in cases:
-        proc = run_cli("--model", model_dir, "--data", data_file, *GENERATE, *extra)
+        proc = run_main("--model", model_dir, "--data", data_file, *GENERATE, *extra)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith(prefix), proc.stderr
     assert {p: p.read_bytes() for p in before} == before and not (model_dir / "pred.jsonl").exists()
     assert not pred.exists()
@@ -284,8 +301,8 @@ def test_a_read_only_output_location_is_one_error_line_before_any_work(model_dir
         for flag in ("--out", "--scores-out"):
             outs = {"--out": tmp_path / "pred.jsonl", "--scores-out": tmp_path / "s.json", flag: locked / "x.json"}
             start = time.monotonic()
-            proc = run_cli("--model", model_dir, "--data", data_file, *GENERATE,
-                           *(a for k, v in outs.items() for a in (k, v)))
+            proc = run_main("--model", model_dir, "--data", data_file, *GENERATE,
+                            *(a for k, v in outs.items() for a in (k, v)))
             assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
             assert proc.stderr.startswith(f"error: {flag} {locked / 'x.json'}: Permission denied"), proc.stderr
             assert "likelihood" not in proc.stderr and not (tmp_path / "pred.jsonl").exists()

@@ -289,4 +289,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from swcm.fast_exit import skip_final_gc
+
+    skip_final_gc()
     sys.exit(main())

@@ -131,7 +131,8 @@ Load with `AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=True)`.
 # Run with `python -S` plus site-packages on sys.path: .pth files (swcm's editable-install hook) stay unread,
 # so the directory must load on its own, as it will for a user without swcm.
 _VERIFY = r"""
-import json, sys
+import atexit, gc, json, sys
+atexit.register(gc.freeze)   # exit without walking torch's objects (swcm.fast_exit, which this process cannot import)
 sys.path.append(sys.argv[4])
 import torch
 from safetensors.torch import save_file

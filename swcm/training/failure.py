@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 
 from swcm.atomic_write import write_atomic
+from swcm.cli_exit import end_progress_bars
 from swcm.output_guard import OutputError, os_error_line
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def exit_on_failure(exc: BaseException, out_dir: Path, rank: int, cleanup=()) ->
         line = f"error: {cause} (rank {rank}" + (f"; {kept})" if kept else ")")
     else:
         line = f"error: rank {rank}: {cause}" + (f" ({kept})" if kept else "")
+    end_progress_bars()
     print(line, file=sys.stderr, flush=True)
     for fn in cleanup:
         try:
