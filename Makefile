@@ -23,15 +23,17 @@ setup: $(VENV_STAMP)
 # TEST_WORKERS pytest-xdist processes, a test file each at a time (--dist loadfile: a file's shared runs are made once);
 # two on two cores overlap one test's process start-up and waiting with another's work (docs/testing.md).
 # PYTHONDONTWRITEBYTECODE is emptied for the tests: the suite starts ~400 Python processes, and each would compile
-# swcm's sources again (~0.3 s) instead of reading the __pycache__ the first one writes.
+# swcm's sources again (~0.3 s) instead of reading the __pycache__ the first one writes. One torch thread per
+# worker when two share the two cores (more would spin against each other and the ranks the other one starts).
 TEST_WORKERS ?= 2
 TEST_ENV := PYTHONDONTWRITEBYTECODE= OMP_NUM_THREADS=2
+PARALLEL_TEST_ENV := PYTHONDONTWRITEBYTECODE= OMP_NUM_THREADS=1
 test: setup
-	$(TEST_ENV) $(PY) -m pytest -q -m "not extended" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
+	$(PARALLEL_TEST_ENV) $(PY) -m pytest -q -m "not extended" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 # What `make test` leaves out: the same checks on more ZeRO stages, world sizes and inputs (docs/testing.md).
 test-extended: setup
-	$(TEST_ENV) $(PY) -m pytest -q -m extended -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(PARALLEL_TEST_ENV) $(PY) -m pytest -q -m extended -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The fast tier while working: no multi-process or long tests (under 2 minutes); `make test` runs them all.
 test-fast: setup

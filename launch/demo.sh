@@ -5,7 +5,8 @@
 #   NTREX zh->bo task files -> dev scores of the export -> DeepSpeed fine-tuning -> dev scores after, compared.
 # Everything lands in runs/demo/ (or $OUT); re-running reuses finished stages (delete it to start over).
 # A smaller run of the same pipeline (tests/test_demo.py): PRETRAIN_SET / FINETUNE_SET add `--set k=v` overrides to
-# the two DeepSpeed runs, DEV_PAIRS keeps the first N NTREX dev pairs (0 = all 259).
+# the two DeepSpeed runs, EVAL_SET options to the two evaluations, DEV_PAIRS keeps the first N NTREX dev pairs
+# (0 = all 259).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -13,6 +14,7 @@ DS=${DS:-.venv/bin/deepspeed}
 OUT=${OUT:-runs/demo}
 PRETRAIN_SET=${PRETRAIN_SET:-}
 FINETUNE_SET=${FINETUNE_SET:-}
+EVAL_SET=${EVAL_SET:-}
 DEV_PAIRS=${DEV_PAIRS:-0}
 D=data/demo
 NTREX=$D/parallel/ntrex128/ntrex128
@@ -66,7 +68,7 @@ if [ ! -f $TASKS.dev.jsonl ]; then
   $PY launch/make_task_jsonl.py parallel --src $NTREX.dev.zh --tgt $NTREX.dev.bo --src-lang zh --tgt-lang bo \
     --out $TASKS.dev.jsonl --limit $DEV_PAIRS
 fi
-EVAL="--data $TASKS.dev.jsonl --beam 5 --max-new-tokens 128"
+EVAL="--data $TASKS.dev.jsonl --beam 5 --max-new-tokens 128 $EVAL_SET"
 mkdir -p $OUT/eval
 if [ ! -f $OUT/eval/before.scores.json ]; then
   echo "== 8/10 evaluate the export on the dev pairs (before fine-tuning): chrF, BLEU, ROUGE-L"

@@ -53,14 +53,15 @@ def tensorboard_scalars(run: Path, tag: str) -> dict[int, float]:
 # The demo's pipeline at a fraction of its size (the README's `make demo` is the same script with no overrides): 60
 # pretraining steps of 1,024 tokens per rank at twice the lr (measured: the loss falls by ~1.5, against the 1.0 asserted
 # below; at 4,096 tokens and the config's lr, 80 steps fell by 1.2 in twice the time), 60 fine-tuning steps of 8
-# pairs per rank at 3× the lr (so that the model writes some Tibetan by then: chrF 0 before, ~4 after), 32 of the 259
-# dev pairs.
+# pairs per rank at 3× the lr (so that the model writes some Tibetan by then: chrF 0 before, ~4 after), its dev
+# evaluations with 2 beams and 4 batches; 32 of the 259 dev pairs, generated up to 48 tokens.
 PRETRAIN_STEPS, FINETUNE_STEPS = 60, 60
 SMALL = {"PRETRAIN_SET": f"--set train.max_steps={PRETRAIN_STEPS} --set train.lr=1e-3 --set data.max_tokens=1024 "
                          f"--set train.save_every={PRETRAIN_STEPS // 2} --set train.dev_every={PRETRAIN_STEPS // 2}",
          "FINETUNE_SET": f"--set train.max_steps={FINETUNE_STEPS} --set train.lr=1e-3 --set train.micro_batch_size=8 "
                          f"--set train.save_every={FINETUNE_STEPS // 2} --set train.dev_every={FINETUNE_STEPS // 2} "
-                         "--set eval.max_examples=16",
+                         "--set eval.max_examples=16 --set eval.beam=2 --set train.dev_batches=4",
+         "EVAL_SET": "--max-new-tokens 48",
          "DEV_PAIRS": "32"}
 
 
