@@ -26,6 +26,7 @@ from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL
 
 from swcm.atomic_write import write_atomic
 from swcm.output_guard import output_error
+from swcm.training.failure import claim_failure
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ def save(engine, root: Path, step: int, *, loader_state: dict, run_state: dict, 
         per_rank = {"rank": rank, "world_size": world, "step": step, "loader": loader_state, "rng": _rng_state()}
         write_atomic(ckpt / f"swcm_rank{rank}.json", json.dumps(per_rank))
     except Exception as e:
+        claim_failure()   # before the clean-up below makes the other ranks' writes fail too
         shutil.rmtree(ckpt, ignore_errors=True)   # the disk as it was before the save (resume ignores it anyway)
         named = output_error(e, ckpt)   # a full disk or another OSError: `PATH: reason`
         if named is None:

@@ -26,8 +26,22 @@ EXIT_FAILED = 1
 STORE_KEY = "swcm/failures"
 
 
+_claimed: bool | None = None   # this process's answer from the store, once asked
+
+
+def claim_failure() -> bool:
+    """Count this rank's failure in the process group's store, once per process, and return whether it was the
+    job's first (True when there is no process group or store to ask). Code that cleans up after an error that
+    other ranks can trip over (a half-written checkpoint directory they are still writing into) claims first, so
+    that the error line names the cause, not what the clean-up did to the others."""
+    global _claimed
+    if _claimed is None:
+        _claimed = _first_to_fail()
+    return _claimed
+
+
 def _first_to_fail() -> bool:
-    """Whether this rank is the job's first failure (True when there is no process group or store to ask)."""
+    """Whether this rank is the job's first failure, by the store's count (True without a process group)."""
     try:
         import torch.distributed as dist
 
@@ -68,7 +82,7 @@ def exit_on_failure(exc: BaseException, out_dir: Path, rank: int, cleanup=()) ->
     cause = _cause(exc)
     where = _keep_traceback(exc, out_dir, rank)
     kept = f"traceback: {where}" if where else ""
-    if not _first_to_fail():
+    if not claim_failure():
         line = f"rank {rank} stopped after another rank's failure: {cause}" + (f" ({kept})" if kept else "")
     elif isinstance(exc, (OSError, OutputError)):   # the path and its cause first: what the user acts on
         line = f"error: {cause} (rank {rank}" + (f"; {kept})" if kept else ")")
