@@ -25,7 +25,7 @@ from pathlib import Path
 
 from swcm.output_guard import OutputError, check_output_file, check_writable, os_error_line
 from swcm.atomic_write import write_atomic
-from swcm.cli_exit import Interrupted, end_progress_bars, interrupts_raised
+from swcm.cli_exit import Interrupted, interrupts_raised, print_error
 from swcm.tasks import model_dir
 from swcm.tasks.jsonl import (DataError, check_same_inputs, prediction_lines, read_examples, read_likelihood,
                               read_predictions)
@@ -203,16 +203,13 @@ def main(argv=None) -> int:
         with interrupts_raised():
             evaluate(parse_args(argv))
     except (InputError, DataError, model_dir.ModelDirError, OutputError) as e:
-        end_progress_bars()
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         return 2
     except WriteFailed as e:
-        end_progress_bars()
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         return 1
     except Interrupted as e:
-        end_progress_bars()
-        print("error: interrupted", file=sys.stderr)
+        print_error("interrupted")
         return e.exit_code
     return 0
 

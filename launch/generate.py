@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from swcm.closed_pipe import closed_pipe_status
-from swcm.cli_exit import Interrupted, interrupts_raised
+from swcm.cli_exit import Interrupted, interrupts_raised, print_error
 
 
 class UsageError(Exception):
@@ -133,12 +133,12 @@ def main(argv=None) -> int:
             generate(args)
             sys.stdout.flush()
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         return 2
     except BrokenPipeError:
         return closed_pipe_status()
     except Interrupted as e:
-        print("error: interrupted", file=sys.stderr)
+        print_error("interrupted")
         return e.exit_code
     return 0
 

@@ -106,7 +106,7 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from swcm.data.prepare import inputs_from, prepare, submit_slurm
     from swcm.data.shards import DataError
-    from swcm.cli_exit import end_progress_bars, interrupts_raised
+    from swcm.cli_exit import interrupts_raised, print_error
 
     mono = [m for group in args.mono for m in group]
     given = sys.argv[1:] if argv is None else list(argv)
@@ -126,12 +126,10 @@ def main(argv=None) -> int:
                             parallel_jsonl=args.parallel_jsonl, show_progress=not args.quiet, tasks=tasks,
                             workers=workers, executor=args.executor, **common)
     except DataError as e:
-        end_progress_bars()
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         return 2
     except KeyboardInterrupt as e:   # Ctrl-C, or swcm.cli_exit.Interrupted for SIGINT / SIGTERM
-        end_progress_bars()
-        print(f"error: interrupted; no partial shard set was left in {args.out}", file=sys.stderr)
+        print_error(f"interrupted; no partial shard set was left in {args.out}")
         return getattr(e, "exit_code", 130)
     summary = {"out": args.out, "shards": len(index["shards"]), "totals": index["totals"],
                "unk_share": {lang: u["share"] for lang, u in index["unk"].items()},

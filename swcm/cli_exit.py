@@ -52,6 +52,12 @@ def end_progress_bars() -> None:
             bar.close()
 
 
+def print_error(message: str) -> None:
+    """Print `error: <message>` on stderr as a line of its own (open progress bars are ended first)."""
+    end_progress_bars()
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
 def run_reporting(work: Callable[[], object], user_errors: tuple[type[BaseException], ...]) -> int:
     """Call `work()` with interrupts raised; return 0, or print one `error:` line on stderr (on a line of its own)
     and return the status (2 for `user_errors`, 1 for an OSError, 128 + signal for an interrupt)."""
@@ -59,15 +65,12 @@ def run_reporting(work: Callable[[], object], user_errors: tuple[type[BaseExcept
         with interrupts_raised():
             work()
     except Interrupted as e:
-        end_progress_bars()
-        print("error: interrupted", file=sys.stderr)
+        print_error("interrupted")
         return e.exit_code
     except user_errors as e:
-        end_progress_bars()
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         return 2
     except OSError as e:
-        end_progress_bars()
-        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        print_error(os_error_line(e))
         return 1
     return 0

@@ -21,7 +21,9 @@ _MODE_UID_GID = b"0000444\0" + b"0000000\0" * 2
 _MTIME = b"%011o\0" % 0
 _AFTER_CHECKSUM = (b"0" + b"\0" * 100 + b"ustar\x0000" + b"bigdata".ljust(32, b"\0") * 2 + b"\0" * (8 + 8 + 155)
                    + b"\0" * 12)
-_CHECKSUM_BLANK = b" " * 8   # the checksum is computed with its own field read as spaces
+# The checksum is the byte sum of the header with its own field read as 8 spaces: that part and the fields after it
+# are the same in every header.
+_FIXED_SUM = sum(b" " * 8) + sum(_AFTER_CHECKSUM)
 
 
 def member_header(name: str, size: int) -> bytes:
@@ -30,7 +32,7 @@ def member_header(name: str, size: int) -> bytes:
     if len(encoded) > NAME_BYTES:
         raise ValueError(f"tar member name longer than {NAME_BYTES} bytes: {name!r}")
     head = encoded.ljust(NAME_BYTES, b"\0") + _MODE_UID_GID + b"%011o\0" % size + _MTIME
-    checksum = sum(head) + sum(_CHECKSUM_BLANK) + sum(_AFTER_CHECKSUM)
+    checksum = sum(head) + _FIXED_SUM
     return head + b"%06o\0 " % checksum + _AFTER_CHECKSUM
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from pathlib import Path
 
 
@@ -60,6 +59,7 @@ def run(doc: str, config_help: str, config_cls, make_task, argv=None) -> int:
                         format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s")
     if alone:
         logging.getLogger(__name__).info("no launcher: running as one process (world size 1)")
+    from swcm.cli_exit import print_error
     from swcm.config import ConfigError, load_config
     from swcm.data.shards import DataError
     from swcm.output_guard import OutputError
@@ -73,7 +73,7 @@ def run(doc: str, config_help: str, config_cls, make_task, argv=None) -> int:
         trainer = Trainer(cfg, args.deepspeed_config, args.out, task=make_task(cfg, args.out), resume=args.resume,
                           resume_from=args.resume_from)
     except (ConfigError, DataError, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         return 2
     try:
         return trainer.train()

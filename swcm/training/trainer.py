@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from swcm.atomic_write import write_atomic
+from swcm.cli_exit import print_error
 from swcm.config import ConfigError, RunConfig
 from swcm.modeling_swcm import resolve_attn_implementation
 from swcm.output_guard import check_output_dir, mark_ours
@@ -323,7 +323,7 @@ class Trainer:
     def _fail(self, message: str, code: int) -> int:
         if self.rank == 0:
             log.error(message)
-            print(f"error: {message}", flush=True, file=sys.stderr)
+            print_error(message)
         return code
 
     def restore(self) -> tuple[int, dict | None]:
